@@ -1,0 +1,61 @@
+"""Test sessions: `nox` runs lint, typecheck, unit and integration.
+
+`nox -s perf` runs the throughput gates, `nox -s fuzz` the full fuzzing count.
+Integration and perf need root (namespaces, tap devices, QEMU).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "unit", "integration"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+SOURCES = ["src", "harness", "tests", "tools", "noxfile.py"]
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff over the whole tree."""
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", *SOURCES)
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over src/ and harness/."""
+    _install(session)
+    session.run("mypy", "--strict", "src/passt", "harness", "tools")
+
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    """Unit tests: sans-IO services, wire formats, flows against loopback."""
+    _install(session)
+    session.run("pytest", "-n", "auto", "-q", "tests/unit", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Real clients in throwaway namespaces and QEMU guests (root)."""
+    _install(session)
+    session.run("pytest", "-n", "2", "-q", "tests/integration", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def perf(session: nox.Session) -> None:
+    """Throughput gates against baselines measured in the same run (root)."""
+    _install(session)
+    session.run("pytest", "-q", "-s", "tests/perf", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The full fuzzing count through the frame handler."""
+    _install(session)
+    session.run("pytest", "-q", "tests/unit", "-k", "fuzz", env={"PASST_FUZZ_COUNT": "1000000"})

@@ -1,0 +1,121 @@
+"""pasta end to end: namespaces, the tap, --config-net, exit status, errors."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+
+from harness.netns import HOST_ADDR4, HOST_ADDR6, Topology
+from harness.netns.topology import HOST_IF
+
+
+@pytest.mark.conformance("pasta.spawn-namespace", "pasta.tap-device", "host.default-route-iface")
+def test_config_net_puts_host_address_on_tap(topo: Topology, pasta_bin: str) -> None:
+    """`pasta --config-net -- ip -o addr` shows the tap, named like the host interface, with the host's addresses."""
+    res = topo.run(topo.host, [pasta_bin, "-q", "--config-net", "--", "ip", "-o", "addr", "show"])
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stdout.splitlines() if f" {HOST_IF} " in line]
+    assert any(f"inet {HOST_ADDR4}/24" in line for line in lines), res.stdout
+    assert any(f"inet6 {HOST_ADDR6}/64" in line for line in lines), res.stdout
+
+
+@pytest.mark.conformance("pasta.spawn-namespace", "notes.pasta.lo-up", "opt.ns-ifname")
+def test_plain_pasta_shell_sees_tap_and_lo_up(topo: Topology, pasta_bin: str) -> None:
+    """Plain pasta runs $SHELL in the namespace: lo is UP, the tap exists (and -I renames it)."""
+    env = {"SHELL": "/bin/sh", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    res = topo.run(topo.host, [pasta_bin, "-q"], input="ip -o link show\nexit 0\n", env=env)
+    assert res.returncode == 0, res.stderr
+    lo = next(line for line in res.stdout.splitlines() if ": lo:" in line)
+    assert "UP" in lo.split("<")[1].split(">")[0]
+    assert f": {HOST_IF}:" in res.stdout
+    res = topo.run(topo.host, [pasta_bin, "-q", "-I", "tap9", "--", "ip", "-o", "link", "show"])
+    assert res.returncode == 0, res.stderr
+    assert ": tap9:" in res.stdout and f": {HOST_IF}:" not in res.stdout
+
+
+def test_exit_status_of_command_is_pastas(topo: Topology, pasta_bin: str) -> None:
+    """pasta exits with the status of the command it ran."""
+    res = topo.run(topo.host, [pasta_bin, "-q", "--", "sh", "-c", "exit 7"])
+    assert res.returncode == 7
+
+
+@pytest.mark.conformance("pasta.join-pid", "notes.pasta.lo-up")
+def test_join_existing_namespace_by_pid(topo: Topology, pasta_bin: str) -> None:
+    """`pasta PID` joins the user and network namespace of PID and creates the tap there."""
+    holder = topo.popen(topo.host, ["unshare", "-rUn", "sleep", "60"])
+    # wait until the child has really unshared (its net namespace differs from ours)
+    deadline = time.monotonic() + 10
+    pid = None
+    while time.monotonic() < deadline:
+        out = subprocess.run(["pgrep", "-P", str(holder.pid)], capture_output=True, text=True).stdout.split()
+        cand = [int(p) for p in out] or [holder.pid]
+        for p in cand:
+            try:
+                comm = open(f"/proc/{p}/comm").read().strip()
+            except OSError:
+                continue
+            if comm == "sleep":
+                pid = p
+        if pid is not None:
+            break
+        time.sleep(0.02)
+    assert pid is not None
+    pasta = topo.popen(topo.host, [pasta_bin, "-q", "-f", "--config-net", str(pid)])
+    deadline = time.monotonic() + 10
+    out = ""
+    while time.monotonic() < deadline:
+        out = subprocess.run(["nsenter", "-t", str(pid), "-U", "-n", "ip", "-o", "addr", "show"],
+                             capture_output=True, text=True).stdout
+        if HOST_ADDR4 in out:
+            break
+        time.sleep(0.05)
+    assert f"inet {HOST_ADDR4}/24" in out
+    lo = subprocess.run(["nsenter", "-t", str(pid), "-U", "-n", "ip", "-o", "link", "show", "lo"],
+                        capture_output=True, text=True).stdout
+    assert "UP" in lo
+    # the namespace owner dies: pasta notices and exits
+    holder.kill()
+    subprocess.run(["kill", "-9", str(pid)])
+    assert pasta.wait(10) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--frobnicate"], r"--frobnicate"),
+        (["-a", "10.0.0.300"], r"10\.0\.0\.300"),
+        (["-t", "80-22"], r"80-22"),
+        (["-m", "70000"], r"70000"),
+        (["-s", "/tmp/x.sock"], r"-s"),
+    ],
+)
+@pytest.mark.conformance("cli.errors")
+def test_bad_options_one_line_nonzero(topo: Topology, pasta_bin: str, args: list[str], pattern: str) -> None:
+    """A bad option, value or combination: one line on stderr naming it, non-zero exit."""
+    res = topo.run(topo.host, [pasta_bin, *args, "--", "true"])
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("pasta: ") and re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.conformance("cli.errors")
+def test_missing_tun_device_is_one_clear_line(topo: Topology, pasta_bin: str) -> None:
+    """Without /dev/net/tun pasta says so in one line and exits non-zero."""
+    script = f"mount -t tmpfs none /dev/net && exec {pasta_bin} -q -- true"
+    res = topo.run(topo.host, ["unshare", "-m", "--propagation", "private", "sh", "-c", script])
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "/dev/net/tun" in lines[0], res.stderr
+
+
+@pytest.mark.conformance("cli.errors", "pasta.join-pid")
+def test_missing_target_pid_is_one_clear_line(topo: Topology, pasta_bin: str) -> None:
+    """A TARGET_PID that does not exist: one clear line, non-zero exit."""
+    res = topo.run(topo.host, [pasta_bin, "-q", "-f", "4194000"])
+    assert res.returncode != 0
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "4194000" in lines[0], res.stderr

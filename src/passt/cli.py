@@ -417,7 +417,7 @@ def _tokenize(mode: Mode, argv: list[str]) -> _Given:
         # a positional argument
         if mode is Mode.PASST:
             raise _usage_error(mode, f"unexpected argument '{word}'")
-        if word.isdigit() and word.isascii() and not given.command:
+        if _is_number(word) and not given.command:
             if given.target_pid is not None:
                 raise _usage_error(mode, f"unexpected argument '{word}' after TARGET_PID")
             pid = int(word)
@@ -439,6 +439,12 @@ def _tokenize(mode: Mode, argv: list[str]) -> _Given:
 # --------------------------------------------------------------------------- value parsers
 
 
+def _is_number(text: str) -> bool:
+    """At most 10 ASCII digits: str.isdigit() also accepts "²", which int() rejects,
+    and int() refuses strings of over 4300 digits."""
+    return text.isascii() and text.isdigit() and len(text) <= 10
+
+
 def _bad(mode: Mode, msg: str) -> ConfigError:
     """A ConfigError about a value; `mode` is kept for symmetry with `_usage_error`."""
     del mode
@@ -446,7 +452,7 @@ def _bad(mode: Mode, msg: str) -> ConfigError:
 
 
 def _parse_mtu(mode: Mode, spelled: str, value: str) -> int:
-    if not value.strip().isdigit():
+    if not _is_number(value.strip()):
         raise _bad(mode, f"invalid MTU '{value}' for {spelled}: give a number {MIN_MTU}-{MAX_MTU}")
     mtu = int(value)
     if not MIN_MTU <= mtu <= MAX_MTU:
@@ -490,14 +496,14 @@ def _parse_address(mode: Mode, spelled: str, value: str) -> tuple[IPv4Address | 
     if not slash:
         return addr, None
     limit = 32 if isinstance(addr, IPv4Address) else 128
-    if not prefix_s.isdigit() or not 1 <= int(prefix_s) <= limit:
+    if not _is_number(prefix_s) or not 1 <= int(prefix_s) <= limit:
         raise _bad(mode, f"invalid prefix length '/{prefix_s}' for {spelled}: give 1-{limit}")
     return addr, int(prefix_s)
 
 
 def _parse_netmask(mode: Mode, spelled: str, value: str) -> int:
     text = value.strip().removeprefix("/")
-    if text.isdigit():
+    if _is_number(text):
         bits = int(text)
         if not 1 <= bits <= 32:
             raise _bad(mode, f"invalid netmask '{value}' for {spelled}: give 1-32 bits")
@@ -550,7 +556,7 @@ def _parse_runas(mode: Mode, spelled: str, value: str) -> tuple[int, int]:
     if not user_s or (colon and not group_s):
         raise _bad(mode, f"invalid user '{value}' for {spelled}: give UID[:GID] or USER[:GROUP]")
     pw: pwd.struct_passwd | None
-    if user_s.isdigit():
+    if _is_number(user_s):
         uid = int(user_s)
         try:
             pw = pwd.getpwuid(uid)
@@ -564,7 +570,7 @@ def _parse_runas(mode: Mode, spelled: str, value: str) -> tuple[int, int]:
         uid = pw.pw_uid
     if not colon:
         gid = pw.pw_gid if pw is not None else uid
-    elif group_s.isdigit():
+    elif _is_number(group_s):
         gid = int(group_s)
     else:
         try:

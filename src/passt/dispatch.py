@@ -42,6 +42,7 @@ _EXT_SKIP: Final = frozenset((0, 43, 60))
 MAX_EXT_HEADERS: Final = 8
 
 _ZERO4: Final = bytes(4)
+_ZERO16: Final = bytes(16)
 
 
 class FrameService(Protocol):
@@ -200,7 +201,7 @@ class Dispatcher:
 
     def _learn6(self, src: bytes) -> None:
         guest = self.ctx.guest
-        if src != guest.addr6 and src != guest.addr6_ll:
+        if src != guest.addr6 and src != guest.addr6_ll and src != _ZERO16:
             guest.learn_addr6(src)
             if log.debug_enabled:
                 log.debug(f"guest IPv6 source seen: {src.hex()}")

@@ -60,7 +60,9 @@ class ConfigError(Exception):
 
 
 def _parse_port(text: str, option: str, spec: str) -> int:
-    if not text.isdigit() or len(text) > 5:
+    if not text:
+        raise ConfigError(f"empty port in {option} '{spec}'")
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
         raise ConfigError(f"invalid port '{text}' in {option} '{spec}': ports are 1-65535")
     port = int(text)
     if not 1 <= port <= PORT_MAX:

@@ -13,7 +13,7 @@ import socket
 from collections.abc import Callable
 
 from passt import log
-from passt.config import Config, FwdMode
+from passt.config import Config, FwdMode, Mode
 from passt.context import Context
 from passt.dispatch import Dispatcher
 from passt.flows.fwd import Forwarder
@@ -44,10 +44,18 @@ class Runtime:
         counters = ctx.counters
         now = self.loop.now
         self.arp = ArpService(conf, ctx.guest, counters, log.info) if conf.ip4 else None
-        self.dhcp = DhcpService(conf, ctx.guest, counters, log.info) if conf.ip4 and conf.dhcp else None
+        # pasta's tap hands over frames with partial checksums (offload): don't verify them
+        verify = conf.mode is Mode.PASST
+        self.dhcp = (
+            DhcpService(conf, ctx.guest, counters, log.info, verify_l4_checksum=verify)
+            if conf.ip4 and conf.dhcp
+            else None
+        )
         self.ndp = NdpService(conf, ctx.guest, counters, log.info, now=now) if conf.ip6 and conf.ndp else None
         self.dhcpv6 = (
-            Dhcpv6Service(conf, ctx.guest, counters, log.info) if conf.ip6 and conf.dhcpv6 else None
+            Dhcpv6Service(conf, ctx.guest, counters, log.info, verify_l4_checksum=verify)
+            if conf.ip6 and conf.dhcpv6
+            else None
         )
         tcp = TcpHandler(ctx) if conf.tcp else None
         udp = UdpHandler(ctx, local_addrs=local_addrs) if conf.udp else None
@@ -80,6 +88,9 @@ class Runtime:
 
         self._tap_handler = on_tap
         self.loop.register(fd, EVENT_READ, on_tap)
+        if self.ndp is not None:
+            # a new guest (passt reconnect) gets the quick initial RAs again
+            self.ndp.restart(self.loop.now)
         self._schedule_ra(self.loop.now)
 
     def detach_tap(self, now: float) -> None:

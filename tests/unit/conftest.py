@@ -12,10 +12,17 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any, TypeVar
 
 from scapy.compat import raw
+from scapy.layers.dns import dns_get_str
 from scapy.layers.l2 import Ether
 
 from passt.config import Config, Ip4Config, Ip6Config, Mode
+from passt.wire.checksum import checksum
 from passt.wire.errors import ParseError
+from passt.wire.eth import ETH_HLEN, ETH_P_IP, ETH_P_IPV6, parse_eth
+from passt.wire.icmp import set_icmpv6_checksum
+from passt.wire.ipv4 import PROTO_UDP, parse_ipv4
+from passt.wire.ipv6 import IPV6_HLEN, PROTO_ICMPV6, parse_ipv6
+from passt.wire.udp import set_udp_checksum4, set_udp_checksum6
 
 #: Our MAC towards the guest in tests (locally administered).
 OUR_MAC = bytes.fromhex("9a5534a1b2c3")
@@ -89,7 +96,9 @@ def assert_checksums(frame: bytes) -> None:
         assert rebuilt[cls].getfieldval(name) == value, (cls.__name__, name)
 
 
-def check_prefixes(parse: Callable[[memoryview], T], data: bytes, ok: Callable[[T], bool] | None = None) -> None:
+def check_prefixes(
+    parse: Callable[[memoryview], T], data: bytes, ok: Callable[[T], bool] | None = None
+) -> None:
     """Every strict prefix of `data` raises ParseError (or, when `ok` is given, may parse if ok(result))."""
     for i in range(len(data)):
         try:
@@ -118,11 +127,47 @@ def mutate(frame: bytes, rng: random.Random) -> bytes:
     return bytes(data)
 
 
-def fuzz(handle: Callable[[memoryview], object], seeds: Iterable[bytes], *, count: int, seed: int) -> int:
+def refresh_checksums(frame: bytes) -> bytes:
+    """Recompute IPv4 header, UDP and ICMPv6 checksums where the headers still parse.
+
+    Lets mutated frames get past checksum checks, so the fuzz reaches the
+    option parsers instead of stopping at the first checksum.
+    """
+    buf = bytearray(frame)
+    view = memoryview(bytes(frame))
+    try:
+        eth = parse_eth(view)
+        if eth.ethertype == ETH_P_IP:
+            ip4, l4 = parse_ipv4(view[ETH_HLEN:])
+            buf[ETH_HLEN + 10 : ETH_HLEN + 12] = b"\0\0"
+            csum = checksum(buf[ETH_HLEN : ETH_HLEN + ip4.header_len])
+            buf[ETH_HLEN + 10 : ETH_HLEN + 12] = csum.to_bytes(2, "big")
+            if ip4.proto == PROTO_UDP and len(l4) >= 8:
+                length = min(int.from_bytes(l4[4:6], "big"), len(l4))
+                if length >= 8:
+                    set_udp_checksum4(buf, ETH_HLEN + ip4.header_len, length, ip4.src, ip4.dst)
+        elif eth.ethertype == ETH_P_IPV6:
+            ip6, proto, l4 = parse_ipv6(view[ETH_HLEN:])
+            off = ETH_HLEN + IPV6_HLEN + ip6.payload_len - len(l4)
+            if proto == PROTO_UDP and len(l4) >= 8:
+                length = min(int.from_bytes(l4[4:6], "big"), len(l4))
+                if length >= 8:
+                    set_udp_checksum6(buf, off, length, ip6.src, ip6.dst)
+            elif proto == PROTO_ICMPV6 and len(l4) >= 4:
+                set_icmpv6_checksum(buf, off, len(l4), ip6.src, ip6.dst)
+    except ParseError:
+        pass
+    return bytes(buf)
+
+
+def fuzz(
+    handle: Callable[[memoryview], object], seeds: Iterable[bytes], *, count: int, seed: int
+) -> int:
     """Feed `count` mutated frames to `handle`; returns how many got a reply.
 
     The invariant is that garbage is only ever dropped: any exception
-    escaping `handle` fails the calling test; replies must be bytes.
+    escaping `handle` fails the calling test; replies must be bytes.  Most
+    mutants get their checksums refreshed so they reach the deeper parsers.
     """
     rng = random.Random(seed)
     frames = list(seeds)
@@ -131,8 +176,20 @@ def fuzz(handle: Callable[[memoryview], object], seeds: Iterable[bytes], *, coun
         frame = mutate(rng.choice(frames), rng)
         if rng.random() < 0.3:
             frame = mutate(frame, rng)
+        if rng.random() < 0.7:
+            frame = refresh_checksums(frame)
         out = handle(memoryview(frame))
         if out is not None:
             assert isinstance(out, bytes)
             replies += 1
     return replies
+
+
+def decode_names(data: bytes) -> list[str]:
+    """Decode a sequence of DNS wire-format names with scapy (pointers relative to `data`)."""
+    names: list[str] = []
+    rest = data
+    while rest:
+        name, rest = dns_get_str(rest, full=data)  # type: ignore[no-untyped-call]
+        names.append(name.decode())
+    return names

@@ -37,4 +37,6 @@ def test_eth_round_trip() -> None:
 
 
 def test_ipv6_multicast_mac() -> None:
-    assert ipv6_multicast_mac(bytes.fromhex("ff0200000000000000000001ff123456")) == bytes.fromhex("3333ff123456")
+    assert ipv6_multicast_mac(bytes.fromhex("ff0200000000000000000001ff123456")) == bytes.fromhex(
+        "3333ff123456"
+    )

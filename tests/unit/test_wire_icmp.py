@@ -25,15 +25,28 @@ from tests.unit.conftest import check_prefixes
 ECHO4 = raw(ICMP(type=8, id=0x1234, seq=7) / b"ping data")
 S6 = bytes.fromhex("fe800000000000000000000000000001")
 D6 = bytes.fromhex("fe800000000000000000000000000002")
-ECHO6 = raw(IPv6(src="fe80::1", dst="fe80::2") / ICMPv6EchoRequest(id=0x4321, seq=9, data=b"abc"))[40:]
+ECHO6 = raw(IPv6(src="fe80::1", dst="fe80::2") / ICMPv6EchoRequest(id=0x4321, seq=9, data=b"abc"))[
+    40:
+]
 
 
 def test_parse_icmp_echo_whole() -> None:
     echo = parse_icmp_echo(memoryview(ECHO4))
-    assert (echo.type, echo.code, echo.ident, echo.seq, bytes(echo.data)) == (8, 0, 0x1234, 7, b"ping data")
+    assert (echo.type, echo.code, echo.ident, echo.seq, bytes(echo.data)) == (
+        8,
+        0,
+        0x1234,
+        7,
+        b"ping data",
+    )
     assert icmp4_checksum_ok(memoryview(ECHO4))
     echo6 = parse_icmp_echo(memoryview(ECHO6))
-    assert (echo6.type, echo6.ident, echo6.seq, bytes(echo6.data)) == (ICMPV6_ECHO_REQUEST, 0x4321, 9, b"abc")
+    assert (echo6.type, echo6.ident, echo6.seq, bytes(echo6.data)) == (
+        ICMPV6_ECHO_REQUEST,
+        0x4321,
+        9,
+        b"abc",
+    )
     assert icmpv6_checksum_ok(memoryview(ECHO6), S6, D6)
     assert not icmpv6_checksum_ok(memoryview(ECHO6), D6, S6[:15] + b"\x07")
 
@@ -60,5 +73,7 @@ def test_icmpv6_reply_checksum_matches_scapy() -> None:
     build_icmp_echo(buf, 0, type=ICMPV6_ECHO_REPLY, ident=5, seq=6)
     buf[8:] = b"xyz"
     set_icmpv6_checksum(buf, 0, len(buf), S6, D6)
-    expect = raw(IPv6(src="fe80::1", dst="fe80::2") / ICMPv6EchoReply(id=5, seq=6, data=b"xyz"))[40:]
+    expect = raw(IPv6(src="fe80::1", dst="fe80::2") / ICMPv6EchoReply(id=5, seq=6, data=b"xyz"))[
+        40:
+    ]
     assert bytes(buf) == expect

@@ -12,12 +12,22 @@ from tests.unit.conftest import check_prefixes
 
 SRC = bytes([192, 0, 2, 118])
 DST = bytes([198, 51, 100, 7])
-PACKET = raw(IP(src="192.0.2.118", dst="198.51.100.7", ttl=64, id=77, tos=0x10, flags="DF") / UDP() / (b"x" * 5))
+PACKET = raw(
+    IP(src="192.0.2.118", dst="198.51.100.7", ttl=64, id=77, tos=0x10, flags="DF")
+    / UDP()
+    / (b"x" * 5)
+)
 
 
 def test_parse_ipv4_whole() -> None:
     hdr, l4 = parse_ipv4(memoryview(PACKET))
-    assert (hdr.header_len, hdr.total_len, hdr.ttl, hdr.ident, hdr.tos) == (20, len(PACKET), 64, 77, 0x10)
+    assert (hdr.header_len, hdr.total_len, hdr.ttl, hdr.ident, hdr.tos) == (
+        20,
+        len(PACKET),
+        64,
+        77,
+        0x10,
+    )
     assert (hdr.proto, hdr.src, hdr.dst, hdr.flags_frag) == (PROTO_UDP, SRC, DST, IP_DF)
     assert bytes(l4) == PACKET[20:]
     assert ipv4_header_ok(memoryview(PACKET), 20)
@@ -64,7 +74,9 @@ def test_ipv4_header_ok_detects_corruption() -> None:
 
 def test_ipv4_build_parse_build() -> None:
     buf = bytearray(20 + 4)
-    end = build_ipv4(buf, 0, src=SRC, dst=DST, proto=PROTO_UDP, payload_len=4, ttl=64, ident=9, tos=4)
+    end = build_ipv4(
+        buf, 0, src=SRC, dst=DST, proto=PROTO_UDP, payload_len=4, ttl=64, ident=9, tos=4
+    )
     assert end == 20
     buf[20:] = b"abcd"
     pkt = IP(bytes(buf))
@@ -78,7 +90,12 @@ def test_ipv4_build_parse_build() -> None:
         17,
     )
     assert pkt.flags == "DF"
-    assert pkt.chksum == IP(raw(IP(src=pkt.src, dst=pkt.dst, ttl=64, id=9, tos=4, flags="DF", proto=17) / b"abcd")).chksum
+    assert (
+        pkt.chksum
+        == IP(
+            raw(IP(src=pkt.src, dst=pkt.dst, ttl=64, id=9, tos=4, flags="DF", proto=17) / b"abcd")
+        ).chksum
+    )
     hdr, payload = parse_ipv4(memoryview(bytes(buf)))
     again = bytearray(24)
     build_ipv4(

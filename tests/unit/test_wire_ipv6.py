@@ -28,12 +28,19 @@ from tests.unit.conftest import check_prefixes
 
 SRC = "fe80::5054:ff:fe12:3456"
 DST = "2001:db8::1"
-PACKET = raw(IPv6(src=SRC, dst=DST, hlim=64, tc=0x28, fl=0x12345) / UDP(sport=1, dport=2) / b"hello")
+PACKET = raw(
+    IPv6(src=SRC, dst=DST, hlim=64, tc=0x28, fl=0x12345) / UDP(sport=1, dport=2) / b"hello"
+)
 
 
 def test_parse_ipv6_whole() -> None:
     hdr, proto, l4 = parse_ipv6(memoryview(PACKET))
-    assert (hdr.traffic_class, hdr.flow_label, hdr.hop_limit, hdr.next_header) == (0x28, 0x12345, 64, PROTO_UDP)
+    assert (hdr.traffic_class, hdr.flow_label, hdr.hop_limit, hdr.next_header) == (
+        0x28,
+        0x12345,
+        64,
+        PROTO_UDP,
+    )
     assert hdr.payload_len == 13 and proto == PROTO_UDP
     assert hdr.src == bytes.fromhex("fe80000000000000505400fffe123456")
     assert hdr.dst == bytes.fromhex("20010db8000000000000000000000001")
@@ -106,7 +113,14 @@ def test_ipv6_build_parse_build() -> None:
     buf[40:] = l4
     assert bytes(buf) == PACKET
     pkt = IPv6(bytes(buf))
-    assert (pkt.src, pkt.dst, pkt.hlim, pkt.tc, pkt.fl, pkt.plen) == (SRC, DST, 64, 0x28, 0x12345, 13)
+    assert (pkt.src, pkt.dst, pkt.hlim, pkt.tc, pkt.fl, pkt.plen) == (
+        SRC,
+        DST,
+        64,
+        0x28,
+        0x12345,
+        13,
+    )
 
 
 def test_address_helpers() -> None:

@@ -12,9 +12,12 @@ as ICMP header plus payload (no IP header).
 
 One flow per (af, guest identifier, remote address), each with its own
 socket bound to the guest's identifier (notes.icmp.id-preserved), so the
-remote sees the identifier the guest chose.  When bind() fails (identifier
-already taken by another socket on the host, or a restrictive SELinux
-policy) the socket stays unbound, the kernel picks an identifier on the
+remote sees the identifier the guest chose.  Ping sockets are created with
+SO_REUSEADDR set, which would let two sockets share an identifier and steal
+each other's replies (the kernel matches replies on identifier and local
+address only), so we clear it.  When bind() then fails (identifier already
+taken by another socket on the host, including our own flow for the same
+identifier towards another remote, or a restrictive SELinux policy) the socket stays unbound, the kernel picks an identifier on the
 first send, and replies are mapped back to the guest's identifier
 (notes.icmp.fallback-id): the remote then sees a different, but unique,
 identifier.  Replies always carry the guest's identifier and sequence
@@ -213,6 +216,9 @@ class IcmpHandler:
         sock.setblocking(False)
         fallback = False
         try:
+            # Ping sockets are created shareable (SO_REUSEADDR set): two sockets on
+            # one identifier would then see each other's replies, so refuse to share.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
             sock.bind(("0.0.0.0", ident) if af == 4 else ("::", ident, 0, 0))
         except OSError:
             # Stay unbound: the kernel picks a free identifier on first send.

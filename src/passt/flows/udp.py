@@ -129,11 +129,15 @@ def write_l2l3(
             0x45, 0, tot, 0, 0x4000, 255, proto, finish(ip4_sum + tot), src, dst,
         )  # fmt: skip
         return FRAME_OFF4
-    _ETH_IP6.pack_into(buf, 0, dst_mac, src_mac, ETH_P_IPV6, 0x60000000, l4_len, proto, 255, src, dst)
+    _ETH_IP6.pack_into(
+        buf, 0, dst_mac, src_mac, ETH_P_IPV6, 0x60000000, l4_len, proto, 255, src, dst
+    )
     return 0
 
 
-def sockaddr_of(af: int, addr: bytes, port: int, scope: int = 0) -> tuple[str, int] | tuple[str, int, int, int]:
+def sockaddr_of(
+    af: int, addr: bytes, port: int, scope: int = 0
+) -> tuple[str, int] | tuple[str, int, int, int]:
     """A Python socket address for a packed address."""
     if af == 4:
         return (socket.inet_ntop(socket.AF_INET, addr), port)

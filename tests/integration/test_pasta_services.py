@@ -1,0 +1,109 @@
+"""pasta with real clients in the namespace: udhcpc, dhclient -6, the kernel's SLAAC.
+
+Each test runs a script inside pasta's namespace (pasta runs it as its command)
+and asserts what the client configured, as `ip` shows it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.netns import HOST_ADDR4, HOST_ADDR6, WAN_GW4, Topology
+from harness.netns.topology import HOST_IF
+
+UDHCPC_SCRIPT = """#!/bin/sh
+# minimal udhcpc hook: apply the lease the way a distribution's script does
+case "$1" in
+bound|renew)
+    ip addr add "$ip/$mask" dev "$interface"
+    [ -n "$router" ] && ip route add default via "$router" dev "$interface"
+    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+    for v in ip mask router dns domain search mtu lease; do eval "echo LEASE_$v=\\\"\\$$v\\\""; done ;;
+esac
+exit 0
+"""
+
+
+def _lease(out: str) -> dict[str, str]:
+    """The variables udhcpc handed our hook script (LEASE_name="value" lines)."""
+    found = {}
+    for line in out.splitlines():
+        if line.startswith("LEASE_"):
+            key, _, value = line[6:].partition("=")
+            found[key] = value.strip('"')
+    assert found, out
+    return found
+
+
+def _in_pasta(topo: Topology, pasta_bin: str, args: list[str], script: str, timeout: float = 60):
+    return topo.run(topo.host, [pasta_bin, "-q", *args, "--", "sh", "-ec", script], timeout=timeout)
+
+
+@pytest.mark.conformance(
+    "example.pasta.udhcpc", "dhcp.yiaddr", "dhcp.option1.netmask", "dhcp.option3.router",
+    "dhcp.option6.dns", "dhcp.option119.search", "dhcp.option26.mtu", "opt.dns", "opt.search", "opt.mtu",
+)
+def test_udhcpc_gets_host_address_and_options(topo: Topology, pasta_bin: str, tmp_path) -> None:
+    """udhcpc in the namespace leases the host's address, mask, router, and the -D/-S/-m values."""
+    hook = tmp_path / "udhcpc.sh"
+    hook.write_text(UDHCPC_SCRIPT)
+    hook.chmod(0o755)
+    script = (
+        f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} -O search -O mtu 2>&1; "
+        f"ip -o -4 addr show dev {HOST_IF}; ip -4 route show"
+    )
+    res = _in_pasta(topo, pasta_bin, ["-D", "10.77.1.53", "-S", "example.test corp.test", "-m", "1500"], script)
+    assert res.returncode == 0, res.stdout + res.stderr
+    fields = _lease(res.stdout)
+    assert fields["ip"] == HOST_ADDR4
+    assert fields["mask"] == "24"
+    assert fields["router"] == WAN_GW4
+    assert fields["dns"].split() == ["10.77.1.53"]
+    assert fields["search"].split() == ["example.test", "corp.test"]
+    assert fields["mtu"] == "1500"
+    assert fields["lease"] == "4294967295"
+    assert f"inet {HOST_ADDR4}/24" in res.stdout
+    assert f"default via {WAN_GW4} dev {HOST_IF}" in res.stdout
+
+
+@pytest.mark.conformance("dns.pasta-none")
+def test_udhcpc_pasta_sends_no_dns_by_default(topo: Topology, pasta_bin: str, tmp_path) -> None:
+    """In pasta mode no DNS servers or search list are sent unless -D/-S give them."""
+    hook = tmp_path / "udhcpc.sh"
+    hook.write_text(UDHCPC_SCRIPT)
+    hook.chmod(0o755)
+    res = _in_pasta(topo, pasta_bin, [], f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} -O search 2>&1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    fields = _lease(res.stdout)
+    assert fields["dns"] == "" and fields["search"] == "" and fields["mtu"] == ""
+
+
+@pytest.mark.conformance("example.pasta.dhclient6", "dhcpv6.option5.addr")
+def test_dhclient6_gets_host_ipv6_address(topo: Topology, pasta_bin: str, tmp_path) -> None:
+    """dhclient -6 in the namespace obtains the host's IPv6 address from the DHCPv6 server."""
+    lease = tmp_path / "dhclient6.leases"
+    script = (
+        f"sysctl -qw net.ipv6.conf.{HOST_IF}.accept_dad=0; "
+        f"for i in $(seq 100); do ip -6 addr show dev {HOST_IF} scope link | grep -q tentative || break; sleep 0.05; done; "
+        f"dhclient -6 -1 -v -lf {lease} -pf {tmp_path}/dh.pid -sf /sbin/dhclient-script {HOST_IF} 2>&1; "
+        f"ip -o -6 addr show dev {HOST_IF}; kill $(cat {tmp_path}/dh.pid) 2>/dev/null || true"
+    )
+    res = _in_pasta(topo, pasta_bin, [], script)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"inet6 {HOST_ADDR6}/128" in res.stdout, res.stdout
+
+
+@pytest.mark.conformance("ndp.ra.prefix", "example.pasta.ip-address")
+def test_kernel_slaac_takes_prefix_and_default_route(topo: Topology, pasta_bin: str) -> None:
+    """The namespace kernel's SLAAC configures an address in the advertised /64 and a default route via RA."""
+    script = (
+        f"sysctl -qw net.ipv6.conf.{HOST_IF}.accept_dad=0; "
+        f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+        f"ip -o -6 addr show dev {HOST_IF}; ip -6 route show"
+    )
+    res = _in_pasta(topo, pasta_bin, [], script)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "default via fe80::" in res.stdout or "default via fd77::1" in res.stdout, res.stdout
+    assert "proto ra" in res.stdout
+    slaac = [line for line in res.stdout.splitlines() if "inet6 fd77::" in line and "/64" in line and "dynamic" in line]
+    assert slaac, res.stdout

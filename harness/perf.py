@@ -43,7 +43,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -447,9 +447,6 @@ class ResultSet:
     def get(self, impl: str, path: str, mtu: int | None) -> Measurement | None:
         return self._items.get((impl, path, mtu))
 
-    def __iter__(self) -> Iterable[Measurement]:
-        return iter(self._items.values())
-
     def measurements(self) -> list[Measurement]:
         return list(self._items.values())
 
@@ -484,11 +481,11 @@ class ResultSet:
 
     # report
 
-    def _columns(self) -> list[str]:
+    def columns(self) -> list[str]:
         present = {m.impl for m in self._items.values()}
         return [i for i in IMPL_ORDER if i in present] + sorted(present - set(IMPL_ORDER))
 
-    def _rows(self) -> list[tuple[str, int | None]]:
+    def rows(self) -> list[tuple[str, int | None]]:
         keys = {(m.path, m.mtu) for m in self._items.values() if m.impl != "direct"}
         keys |= {(m.path, None) for m in self._items.values() if m.impl == "direct"
                  and not any(k[0] == m.path for k in keys)}
@@ -512,10 +509,13 @@ class ResultSet:
         if len(m.values) > 1:
             s += f" ({_fmt(min(m.values), m.unit)}-{_fmt(max(m.values), m.unit)})"
         bits = []
-        direct = self.get("direct", path, None)
-        dmed = direct.median if direct is not None else None
-        if impl != "direct" and dmed and med is not None:
-            bits.append(f"{med / dmed * 100:.0f}% of direct")
+        ref_impl, ref = "direct", self.get("direct", path, None)
+        if ref is None and impl != "c":
+            # no ceiling for a VM: compare with the C implementation instead
+            ref_impl, ref = "c", self.get("c", path, mtu)
+        rmed = ref.median if ref is not None and ref.status == OK else None
+        if impl != ref_impl and rmed and med is not None:
+            bits.append(f"{med / rmed * 100:.0f}% of {ref_impl}")
         for key, label in (("retr", "retr"), ("loss_pct", "loss %"), ("cpu_pct", "cpu %"),
                            ("p99_us", "p99 us"), ("zero_intervals", "0-intervals")):
             v = m.extra_median(key)
@@ -527,10 +527,10 @@ class ResultSet:
 
     def markdown(self) -> str:
         """One table: a row per (path, MTU), a column per implementation."""
-        cols = self._columns()
+        cols = self.columns()
         head = ["path", "MTU", "unit", *[IMPL_TITLES.get(c, c) for c in cols]]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        for path, mtu in self._rows():
+        for path, mtu in self.rows():
             info = PATHS.get(path)
             unit = info.unit if info else ""
             cells = [self.cell(c, path, mtu) for c in cols]
@@ -547,9 +547,9 @@ def write_charts(rs: ResultSet, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written: list[Path] = []
-    cols = [c for c in rs._columns()]
+    cols = rs.columns()
     by_path: dict[str, list[int | None]] = {}
-    for path, mtu in rs._rows():
+    for path, mtu in rs.rows():
         by_path.setdefault(path, []).append(mtu)
     for path, mtus in by_path.items():
         info = PATHS.get(path)

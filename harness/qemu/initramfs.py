@@ -48,7 +48,7 @@ from typing import Final
 CACHE_DIR: Final = Path("/tmp/passt-qemu-cache")
 """Where built images (and the accelerator probe result) are kept between test runs."""
 
-FORMAT_VERSION: Final = "5"
+FORMAT_VERSION: Final = "6"
 """Bumped whenever the image layout or the scripts below change, so stale cached images are unused."""
 
 BUSYBOX_CANDIDATES: Final = ("/bin/busybox", "/usr/bin/busybox")
@@ -380,6 +380,8 @@ def build_initramfs(
     cpio.file("init", init.encode(), 0o755)
     cpio.file("etc/cmdloop.sh", CMDLOOP.encode(), 0o755)
     cpio.file("usr/share/udhcpc/default.script", UDHCPC_SCRIPT.encode(), 0o755)
+    # Debian builds busybox with CONFIG_UDHCPC_DEFAULT_SCRIPT=/etc/udhcpc/default.script
+    cpio.file("etc/udhcpc/default.script", UDHCPC_SCRIPT.encode(), 0o755)
     for gpath, content in files.items():
         if isinstance(content, Path):
             cpio.file(gpath, content.read_bytes(), stat.S_IMODE(content.stat().st_mode))

@@ -24,7 +24,7 @@ from harness.qemu.guest import QemuGuest
 pytestmark = pytest.mark.qemu
 
 GUEST_MAC = "52:54:00:12:34:56"
-UDHCPC = "udhcpc -f -q -n -t 5 -T 1 -i eth0"
+UDHCPC = "ip link set eth0 up; udhcpc -f -q -n -t 5 -T 1 -i eth0"
 
 
 def _stream_netdev(sock: str) -> list[str]:

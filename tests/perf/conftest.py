@@ -238,7 +238,7 @@ class Served:
                         f"/run/netns/{self.cns}", "tap0"]
             logf.write((" ".join(argv) + "\n").encode())
             logf.flush()
-            self.proc = t.popen(t.host, argv, stdout=logf, stderr=subprocess.STDOUT)
+            self.proc = t.popen(t.host, argv, stdout=logf.fileno(), stderr=subprocess.STDOUT)
         self._wait_configured()
         if self.impl.kind == "slirp4netns":
             self._slirp_hostfwd(self._tmp / "slirp.sock", NS_IPERF)
@@ -304,6 +304,10 @@ class Bench:
 
     # instances
 
+    def stop_served(self) -> None:
+        """Stop the running implementation (before a measurement that needs the CPUs itself)."""
+        self._stop()
+
     def _stop(self) -> None:
         if self._served is not None:
             self._served.close()
@@ -347,11 +351,15 @@ class Bench:
                 self._measure(served, m)
             except StartError as e:
                 m.status, m.note = FAIL, str(e)
+        return self.record(m)
+
+    def record(self, m: Measurement) -> Measurement:
+        """Keep a finished measurement (also ones taken outside this class) and save at once."""
         m.finish()
         self.results.add(m)
         self.save()
-        print(f"\n[perf] {impl_key:12} {path:10} mtu={mtu}: {self.results.cell(impl_key, path, mtu)}",
-              flush=True)
+        print(f"\n[perf] {m.impl:12} {m.path:10} mtu={m.mtu}: "
+              f"{self.results.cell(m.impl, m.path, m.mtu)}", flush=True)
         return m
 
     def _measure(self, s: Served, m: Measurement) -> None:

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from passt import daemon, log, syscalls
 from passt.cli import ConfigError, parse_args
@@ -34,6 +35,11 @@ from passt.runtime import Runtime, local_addresses
 from passt.summary import format_summary
 from passt.tap.pcap import Pcap
 from passt.tap.tuntap import TunTap
+
+
+#: After the command exits, how long connections it left may still drain.
+DRAIN_S: Final = 5.0
+DRAIN_POLL_S: Final = 0.02
 
 
 def fail(msg: str, code: int = 1) -> SystemExit:
@@ -194,16 +200,28 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     exit_code = 0
 
-    def target_gone(_mask: int, _now: float) -> None:
+    def drain(now: float, deadline: float) -> None:
+        """Keep serving until the namespace's last connections are done, or the deadline."""
+        tcp = runtime.tcp
+        if tcp is None or tcp.flow_count() == 0 or now >= deadline:
+            runtime.loop.stop()
+            return
+        runtime.loop.call_later(DRAIN_POLL_S, lambda t: drain(t, deadline))
+
+    def target_gone(_mask: int, now: float) -> None:
         nonlocal exit_code
+        runtime.loop.unregister(pidfd)
         if spawned is not None:
             _, status = os.waitpid(spawned.pid, 0)
             exit_code = os.waitstatus_to_exitcode(status)
             if exit_code < 0:
                 exit_code = 128 - exit_code
+            # A command that wrote into a socket and exited leaves data in the
+            # namespace's socket buffers: let it reach the peer before we go.
+            drain(now, now + DRAIN_S)
         else:
             log.info(f"target process {watch_pid} exited, namespace gone: exiting")
-        runtime.loop.stop()
+            runtime.loop.stop()
 
     pidfd = -1
     if watch_pid is not None:

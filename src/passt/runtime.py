@@ -57,7 +57,7 @@ class Runtime:
             if conf.ip6 and conf.dhcpv6
             else None
         )
-        tcp = TcpHandler(ctx) if conf.tcp else None
+        tcp = TcpHandler(ctx, local_addrs=local_addrs) if conf.tcp else None
         udp = UdpHandler(ctx, local_addrs=local_addrs) if conf.udp else None
         icmp = IcmpHandler(ctx) if conf.icmp else None
         ctx.tcp, ctx.udp, ctx.icmp = tcp, udp, icmp

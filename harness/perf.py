@@ -540,7 +540,8 @@ class ResultSet:
 
 
 def write_charts(rs: ResultSet, out: Path) -> list[Path]:
-    """One bar chart per path: bars per implementation, grouped by MTU; returns the files."""
+    """One bar chart per path: bars per implementation (median, whiskers min-max of the runs),
+    grouped by MTU; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -559,6 +560,8 @@ def write_charts(rs: ResultSet, out: Path) -> list[Path]:
         for ci, impl in enumerate(cols):
             xs: list[float] = []
             ys: list[float] = []
+            lo: list[float] = []
+            hi: list[float] = []
             labels: list[str] = []
             for gi, mtu in enumerate(mtus):
                 m = rs.get(impl, path, mtu) or (rs.get(impl, path, None) if impl == "direct" else None)
@@ -568,10 +571,13 @@ def write_charts(rs: ResultSet, out: Path) -> list[Path]:
                 med = m.median if m.status == OK else None
                 xs.append(x)
                 ys.append(med or 0.0)
+                lo.append((med or 0.0) - min(m.values) if med is not None else 0.0)
+                hi.append(max(m.values) - (med or 0.0) if med is not None else 0.0)
                 labels.append(_fmt(med, unit) if m.status == OK else m.status.upper())
             if not xs:
                 continue
-            bars = ax.bar(xs, ys, width * 0.95, label=IMPL_TITLES.get(impl, impl))
+            bars = ax.bar(xs, ys, width * 0.95, label=IMPL_TITLES.get(impl, impl),
+                          yerr=[lo, hi], capsize=2, error_kw={"elinewidth": 0.8})
             for bar, text in zip(bars, labels, strict=True):
                 ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=7, xytext=(0, 1),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import signal
 import sys
 
 from passt import log
@@ -24,12 +25,19 @@ def interactive() -> bool:
 
 
 def daemonize() -> None:
-    """Double-fork into the background, detach from the terminal."""
+    """Double-fork into the background, detach from the terminal.
+
+    SIGHUP is ignored across the forks: when the terminal's session leader
+    exits, the kernel hangs up its foreground group, which the first child
+    still belongs to until setsid().
+    """
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if os.fork() > 0:
         os._exit(0)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
+    signal.signal(signal.SIGHUP, previous)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

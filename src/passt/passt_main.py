@@ -125,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not (conf.foreground or conf.debug) and daemon.interactive():
         daemon.daemonize()
     daemon.write_pid_file(conf.pid_file)
+    # Everything privileged is done (socket, listeners, capture file).
+    try:
+        daemon.drop_privileges(conf.runas)
+    except OSError as exc:
+        raise fail(f"can't switch to --runas user: {exc.strerror}") from None
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     signal.signal(signal.SIGINT, lambda *_: loop.stop())
     try:

@@ -88,7 +88,7 @@ def _run_vm(bench: Bench, binary: str, impl: str, ms: dict[str, Measurement]) ->
         net = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}",
                "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC}"]
         with QemuGuest(net_args=net, extra_binaries=["/usr/bin/iperf3"]) as guest:
-            lease = guest.run(f"{UDHCPC} 2>&1", timeout=60)
+            lease = guest.run(f"ip link set eth0 up; {UDHCPC} 2>&1", timeout=60)
             if lease.rc != 0:
                 raise GuestError(f"no DHCP lease from passt: {lease.output[-800:]}")
             for path, flag in DIRECTIONS.items():

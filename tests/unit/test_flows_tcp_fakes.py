@@ -426,3 +426,44 @@ class Server:
         for c in self.conns:
             c.close()
         self.sock.close()
+
+
+class Sender:
+    """Guest-side bulk sender: fills the peer's window, goes back to snd_una on a stall."""
+
+    def __init__(self, g: Guest, data: bytes, *, chunk: int | None = None, stall_s: float = 0.3) -> None:
+        self.g = g
+        self.data = data
+        self.base = g.snd_nxt
+        self.chunk = chunk or g.peer_mss
+        self.stall_s = stall_s
+        self.last_una = -1
+        self.last_progress = time.monotonic()
+        self.rewinds = 0
+
+    def offset(self, seq: int) -> int:
+        return (seq - self.base) & 0xFFFFFFFF
+
+    @property
+    def done(self) -> bool:
+        return self.offset(self.g.snd_una) >= len(self.data)
+
+    def step(self) -> None:
+        g = self.g
+        g.absorb(g.take())
+        now = time.monotonic()
+        una = self.offset(g.snd_una)
+        if una != self.last_una:
+            self.last_una = una
+            self.last_progress = now
+        elif now - self.last_progress > self.stall_s and self.offset(g.snd_nxt) > una:
+            g.snd_nxt = g.snd_una  # go-back-N, as a guest would after its RTO
+            self.last_progress = now
+            self.rewinds += 1
+        while True:
+            off = self.offset(g.snd_nxt)
+            room = g.usable()
+            if off >= len(self.data) or room <= 0:
+                return
+            n = min(self.chunk, room, len(self.data) - off)
+            g.send_data(self.data[off : off + n])

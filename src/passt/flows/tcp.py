@@ -1166,10 +1166,11 @@ class TcpHandler:
 
 
 def _dst_ok(af: int, dst: bytes) -> bool:
-    """Unicast destinations only: no unspecified, broadcast or multicast."""
+    """Unicast destinations only: not "this network" (0/8), broadcast, multicast,
+    unspecified, or IPv4-mapped IPv6 (RFC 4291 section 2.5.5.2: not for the wire)."""
     if af == 4:
-        return dst != b"\0\0\0\0" and dst != b"\xff\xff\xff\xff" and not 224 <= dst[0] <= 239
-    return dst != bytes(16) and dst[0] != 0xFF
+        return dst[0] != 0 and dst != b"\xff\xff\xff\xff" and not 224 <= dst[0] <= 239
+    return dst != bytes(16) and dst[0] != 0xFF and dst[:12] != nat.V4MAPPED_PREFIX
 
 
 def _close_rst(sock: socket.socket) -> None:

@@ -1,0 +1,161 @@
+"""Process behaviour of passt: background, PID file, log file, privileges, exposure, pcap name."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.netns import Topology
+
+
+def _wait(cond, timeout: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(what)
+
+
+def _accepts(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True
+
+
+@pytest.mark.conformance("opt.foreground")
+def test_background_from_terminal_with_pid_file(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """Started from a terminal without -f, passt forks into background; -P names the daemon's PID."""
+    sock, pidf = str(tmp_path / "p.sock"), tmp_path / "passt.pid"
+    pid, fd = pty.fork()
+    if pid == 0:  # child: passt with the pty as its terminal
+        os.execvp("ip", ["ip", "netns", "exec", topo.host, passt_bin, "-q", "-s", sock, "-P", str(pidf)])
+    output = b""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+    else:
+        pytest.fail("passt did not return to the terminal")
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    _wait(lambda: pidf.exists() and pidf.read_text().strip() != "", what="pid file")
+    daemon_pid = int(pidf.read_text())
+    try:
+        assert daemon_pid != pid and Path(f"/proc/{daemon_pid}").exists()
+        _wait(lambda: _accepts(sock), what="daemon accepts")
+    finally:
+        os.kill(daemon_pid, 15)
+
+
+@pytest.mark.conformance("opt.foreground", "opt.stderr")
+def test_foreground_non_interactive_logs_to_stderr_and_file(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """Not on a terminal passt stays in front and logs to stderr; -l also writes the log file."""
+    sock, logf = str(tmp_path / "p.sock"), tmp_path / "passt.log"
+    proc = topo.popen(topo.host, [passt_bin, "-s", sock, "-l", str(logf)], stdout=subprocess.DEVNULL)
+    _wait(lambda: _accepts(sock), what="passt accepts")
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(sock)
+    _wait(lambda: logf.exists() and "guest connected" in logf.read_text(), what="log line")
+    c.close()
+    assert proc.poll() is None  # still in the foreground, serving
+    proc.terminate()
+    _, err = proc.communicate(10)
+    assert b"guest connected" in err
+
+
+@pytest.mark.conformance("opt.version")
+def test_version_and_help(passt_bin: str, pasta_bin: str) -> None:
+    """--version prints one line and exits 0; -h prints the options of that program."""
+    for prog in (passt_bin, pasta_bin):
+        res = subprocess.run([prog, "--version"], capture_output=True, text=True)
+        assert res.returncode == 0 and len(res.stdout.strip().splitlines()) == 1
+    res = subprocess.run([passt_bin, "-h"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--socket" in res.stdout and "--ns-ifname" not in res.stdout
+    res = subprocess.run([pasta_bin, "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "--ns-ifname" in res.stdout and "--socket" not in res.stdout
+
+
+@pytest.mark.conformance("security.runas")
+def test_root_drops_to_nobody_after_setup(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """Started as root, passt serves as nobody (default --runas) once set up; --runas picks another user."""
+    sock = str(tmp_path / "p.sock")
+    proc = topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock])
+    _wait(lambda: _accepts(sock), what="passt accepts")
+    pid = _find_child(proc.pid, "passt")
+    _wait(lambda: _uid(pid) == 65534, what="uid nobody")
+    proc.terminate()
+    sock2 = str(tmp_path / "q.sock")
+    proc = topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock2, "--runas", "1234:1234"])
+    _wait(lambda: _accepts(sock2), what="passt accepts")
+    pid = _find_child(proc.pid, "passt")
+    _wait(lambda: _uid(pid) == 1234, what="uid 1234")
+
+
+def _uid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[2])  # effective
+    raise AssertionError("no Uid line")
+
+
+def _find_child(pid: int, name: str) -> int:
+    """`ip netns exec` execs the program, so the Popen pid is passt itself; follow children otherwise."""
+    comm = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    if any(name.encode() in part for part in comm[:2]):
+        return pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(children[0])
+
+
+@pytest.mark.conformance("security.exposure")
+def test_passt_listens_on_nothing_unasked(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """Without -t/-u passt opens no TCP or UDP listening socket in the host namespace."""
+    sock = str(tmp_path / "p.sock")
+    topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock])
+    _wait(lambda: _accepts(sock), what="passt accepts")
+    out = topo.run(topo.host, ["ss", "-Hltunp"]).stdout
+    assert "passt" not in out and out.strip() == "", out
+
+
+@pytest.mark.conformance("opt.pcap")
+def test_bare_pcap_uses_default_name(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """A bare -p captures to /tmp/passt_<ISO8601 timestamp>_<instance>.pcap."""
+    before = set(Path("/tmp").glob("passt_*.pcap"))
+    sock = str(tmp_path / "p.sock")
+    proc = topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock, "-p"])
+    _wait(lambda: _accepts(sock), what="passt accepts")
+    proc.terminate()
+    proc.wait(10)
+    new = set(Path("/tmp").glob("passt_*.pcap")) - before
+    assert len(new) == 1
+    path = new.pop()
+    try:
+        assert re.fullmatch(r"passt_\d{4}-\d\d-\d\dT\d\d[:_]?\d\d[:_]?\d\dZ?_\d+\.pcap", path.name), path.name
+        data = path.read_bytes()
+        assert data[:4] == bytes.fromhex("d4c3b2a1")  # pcap magic, little-endian
+    finally:
+        path.unlink()

@@ -1,4 +1,4 @@
-"""From the guest: classify each frame and hand it to a service or an L4 handler.
+r"""From the guest: classify each frame and hand it to a service or an L4 handler.
 
     frame --Ethernet--> ARP ------------------------------> services.arp
                      \-> IPv4 --UDP :67-------------------> services.dhcp

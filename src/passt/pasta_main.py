@@ -36,7 +36,6 @@ from passt.summary import format_summary
 from passt.tap.pcap import Pcap
 from passt.tap.tuntap import TunTap
 
-
 #: After the command exits, how long connections it left may still drain.
 DRAIN_S: Final = 5.0
 DRAIN_POLL_S: Final = 0.02

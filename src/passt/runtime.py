@@ -1,4 +1,4 @@
-"""Assembly shared by passt and pasta: context, services, handlers, timers.
+r"""Assembly shared by passt and pasta: context, services, handlers, timers.
 
     Config --> Context(loop) --> services (ARP, DHCP, NDP, DHCPv6)
                              \-> handlers (TCP, UDP, ICMP) --> Forwarder (-t/-u listeners)

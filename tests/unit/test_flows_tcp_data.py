@@ -129,7 +129,8 @@ def test_bulk_guest_to_host_byte_exact(af: int, offload: bool, mtu: int, size: i
 @pytest.mark.conformance("tcp.no-buffering")
 def test_host_data_stays_in_socket_until_guest_acks() -> None:
     """No user-space buffering: sent-but-unacked data stays in the kernel socket until the guest ACKs it."""
-    data = os.urandom(200_000)
+    # Less than the default receive buffer: the kernel must be able to hold all of it.
+    data = os.urandom(60_000)
     release = threading.Event()
 
     def script(conn: socket.socket) -> None:
@@ -145,8 +146,8 @@ def test_host_data_stays_in_socket_until_guest_acks() -> None:
         assert pump(ctx, lambda: g.absorb(g.take(), ack=False) >= 0 and g.nreceived == len(data), timeout=10)
         # Everything went to the guest, yet all of it is still queued in the host socket.
         assert fionread(sock) == len(data)
-        g.send("A", ack=g.peer_isn + 1 + 100_000)
-        assert pump(ctx, lambda: fionread(sock) == len(data) - 100_000)
+        g.send("A", ack=g.peer_isn + 1 + 25_000)
+        assert pump(ctx, lambda: fionread(sock) == len(data) - 25_000)
         g.ack()
         assert pump(ctx, lambda: fionread(sock) == 0)
         assert g.digest.hexdigest() == hashlib.sha256(data).hexdigest()
@@ -166,6 +167,7 @@ def test_host_data_sent_only_within_guest_window() -> None:
         g.ack()  # announce the small window
         pump(ctx, lambda: False, timeout=0.2, step=lambda: g.absorb(g.take(), ack=False))
         assert 0 < g.nreceived <= 40_000
+        g.ack()
         assert pump(ctx, lambda: g.got_fin, timeout=20, step=lambda: g.absorb(g.take()))
         assert g.digest.hexdigest() == hashlib.sha256(data).hexdigest()
     finally:
@@ -215,16 +217,17 @@ def test_window_and_ack_reflect_the_peer() -> None:
         # At rest, the announced window equals TCP_INFO's snd_wnd (capped by SO_SNDBUF), scaled.
         time.sleep(0.05)
         g.send("A", seq=g.snd_nxt - 1)  # keep-alive: forces a fresh ACK
-        assert pump(ctx, lambda: bool(g.take()) or False, timeout=2) or True
+        answer: list[Any] = []
+        assert pump(ctx, lambda: bool(answer.extend(g.take())) or bool(answer), timeout=2)
         info = conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
         snd_wnd = struct.unpack_from("I", info, 228)[0]
         sndbuf = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        last = g.segs[-1]
-        assert last.window == min(min(snd_wnd, sndbuf) >> tcp_mod.OUR_WS, 65535)
+        assert answer[-1].window == min(min(snd_wnd, sndbuf) >> tcp_mod.OUR_WS, 65535) > 0
+        accepted = conn.rcvd
         g.send("FA")
         g.snd_nxt += 1
         srv.join()
-        assert drained == [len(blob) - 4096 * 0 - (len(blob) - len(blob))] or drained[0] <= len(blob)
+        assert drained == [accepted]
     finally:
         release.set()
         h.close()
@@ -317,9 +320,9 @@ def test_zero_window_from_guest_stops_then_probes() -> None:
     ctx, tap, h = make_handler(tap_mtu=1500)
     srv = Server(4, sender_script(data))
     try:
-        g = open_conn(ctx, tap, h, 4, srv.port, mss=1460, rcv_wnd=10 * 1460)
-        g.ack()
-        assert pump(ctx, lambda: (g.absorb(g.take(), ack=False) or True) and g.nreceived >= 10 * 1460)
+        g = open_conn(ctx, tap, h, 4, srv.port, mss=1460, rcv_wnd=128 * 128)
+        assert pump(ctx, lambda: (g.absorb(g.take(), ack=False) or True) and g.nreceived >= 128 * 128)
+        assert g.nreceived == 128 * 128
         g.send("A", window=0)  # everything received, window closed
         pump(ctx, lambda: False, timeout=0.3)
         assert [s for s in g.take() if s.payload] == []

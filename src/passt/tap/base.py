@@ -11,7 +11,6 @@ dispatcher and the flows see only this Protocol.
 
 from __future__ import annotations
 
-
 from typing import Final, Protocol, TypeAlias
 
 #: Anything a frame can be handed over as (collections.abc.Buffer is 3.12+).

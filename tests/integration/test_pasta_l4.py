@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,24 @@ def blob(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     data = os.urandom(BLOB_MIB << 20)
     path.write_bytes(data)
     return path, hashlib.sha256(data).hexdigest()
+
+
+def _serving(servers: list[tuple[str, int, bool]], marker: Path) -> str:
+    """A namespace script: start servers, touch `marker` once all listen, then wait for them."""
+    parts = [f"{cmd} &" for cmd, _, _ in servers]
+    for _, port, udp in servers:
+        flag = "-Hlun" if udp else "-Hltn"
+        parts.append(f"while ! ss {flag} 'sport = :{port}' | grep -q .; do sleep 0.02; done;")
+    parts.append(f"touch {marker}; wait")
+    return " ".join(parts)
+
+
+def _wait_file(path: Path, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared: the namespace's servers did not start")
+        time.sleep(0.02)
 
 
 def _pasta(topo: Topology, pasta_bin: str, script: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -88,11 +107,13 @@ def test_ping_wan(topo: Topology, pasta_bin: str, addr: str) -> None:
 
 
 @pytest.mark.conformance("opt.tcp-ports", "ports.syntax", "notes.nat.src-gateway")
-def test_forwarded_tcp_port_with_mapping_shows_real_peer(topo: Topology, pasta_bin: str) -> None:
+def test_forwarded_tcp_port_with_mapping_shows_real_peer(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """-t 8022:22: a wan client reaches the namespace's port 22; the server sees wan's real address."""
-    script = "socat TCP-LISTEN:22,reuseaddr 'SYSTEM:echo peer=$SOCAT_PEERADDR; cat'"
+    ready = tmp_path / "ready"
+    script = _serving([("socat TCP-LISTEN:22,reuseaddr 'SYSTEM:echo peer=$SOCAT_PEERADDR; cat'", 22, False)], ready)
     proc = topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "-t", "8022:22", "--", "sh", "-c", script])
     topo.wait_listening(topo.host, 8022)
+    _wait_file(ready)
     res = topo.run(topo.wan, ["sh", "-c", f"echo hello | socat -t 2 - TCP:{HOST_ADDR4}:8022"], timeout=20)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [f"peer={WAN_ADDR4}", "hello"]
@@ -100,14 +121,16 @@ def test_forwarded_tcp_port_with_mapping_shows_real_peer(topo: Topology, pasta_b
 
 
 @pytest.mark.conformance("opt.tcp-ports", "ports.syntax", "ports.ipv6-also-ipv4")
-def test_forwarded_range_ipv6_and_ipv4(topo: Topology, pasta_bin: str) -> None:
+def test_forwarded_range_ipv6_and_ipv4(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """-t 9000-9001:9100-9101: both ports forward, over IPv4 and IPv6."""
-    script = (
-        "socat TCP6-LISTEN:9100,ipv6only=0,reuseaddr,fork 'SYSTEM:echo a' & "
-        "socat TCP6-LISTEN:9101,ipv6only=0,reuseaddr,fork 'SYSTEM:echo b' & wait"
-    )
+    ready = tmp_path / "ready"
+    script = _serving([
+        ("socat TCP6-LISTEN:9100,ipv6only=0,reuseaddr,fork 'SYSTEM:echo a'", 9100, False),
+        ("socat TCP6-LISTEN:9101,ipv6only=0,reuseaddr,fork 'SYSTEM:echo b'", 9101, False),
+    ], ready)
     topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "-t", "9000-9001:9100-9101", "--", "sh", "-c", script])
     topo.wait_listening(topo.host, 9001)
+    _wait_file(ready)
     for addr in (HOST_ADDR4, f"[{HOST_ADDR6}]"):
         for port, word in ((9000, "a"), (9001, "b")):
             res = topo.run(topo.wan, ["socat", "-t", "2", "-", f"TCP:{addr}:{port}"], input="", timeout=20)
@@ -115,20 +138,34 @@ def test_forwarded_range_ipv6_and_ipv4(topo: Topology, pasta_bin: str) -> None:
 
 
 @pytest.mark.conformance("opt.udp-ports")
-def test_forwarded_udp_echo(topo: Topology, pasta_bin: str) -> None:
+def test_forwarded_udp_echo(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """-u 5353: a UDP datagram from wan reaches the namespace's echo server and the reply returns."""
-    script = "socat UDP6-RECVFROM:5353,ipv6only=0,fork EXEC:cat"
+    ready = tmp_path / "ready"
+    script = _serving([("socat UDP6-RECVFROM:5353,ipv6only=0,fork EXEC:cat", 5353, True)], ready)
     topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "-t", "none", "-u", "5353", "--", "sh", "-c", script])
     topo.wait_listening(topo.host, 5353, udp=True)
+    _wait_file(ready)
     res = topo.run(topo.wan, ["socat", "-t", "2", "-T", "2", "-", f"UDP:{HOST_ADDR4}:5353"], input="ping-udp\n", timeout=20)
     assert res.stdout.strip() == "ping-udp", res.stderr
 
 
 @pytest.mark.conformance("notes.nat.src-gateway")
-def test_forwarded_from_host_local_address_seen_as_gateway(topo: Topology, pasta_bin: str) -> None:
+def test_forwarded_from_host_local_address_seen_as_gateway(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """A connection from the host itself (local source) reaches the namespace from the gateway address."""
-    script = "socat TCP-LISTEN:2222,reuseaddr 'SYSTEM:echo peer=$SOCAT_PEERADDR'"
+    ready = tmp_path / "ready"
+    script = _serving([("socat TCP-LISTEN:2222,reuseaddr 'SYSTEM:echo peer=$SOCAT_PEERADDR'", 2222, False)], ready)
     topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "-t", "2222", "--", "sh", "-c", script])
     topo.wait_listening(topo.host, 2222)
+    _wait_file(ready)
     res = topo.run(topo.host, ["socat", "-t", "2", "-", f"TCP:{HOST_ADDR4}:2222"], input="", timeout=20)
     assert res.stdout.strip() == f"peer={WAN_GW4}", res.stderr
+
+
+@pytest.mark.conformance("opt.tcp-ports", "ports.auto-scan")
+def test_auto_forwards_port_bound_later(topo: Topology, pasta_bin: str) -> None:
+    """pasta's default -t auto forwards a port bound in the namespace after start (rescanned while running)."""
+    script = "sleep 1; socat TCP-LISTEN:7777,reuseaddr 'SYSTEM:echo auto'"
+    topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "--", "sh", "-c", script])
+    topo.wait_listening(topo.host, 7777, timeout=15)
+    res = topo.run(topo.wan, ["socat", "-t", "2", "-", f"TCP:{HOST_ADDR4}:7777"], input="", timeout=20)
+    assert res.stdout.strip() == "auto", res.stderr

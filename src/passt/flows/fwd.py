@@ -47,7 +47,7 @@ from typing import Final, Protocol
 
 from passt.config import FwdMode, PortFwd
 from passt.context import Context
-from passt.flows.udp import SocketFactory, UdpHandler, enable_pktinfo
+from passt.flows.udp import SocketFactory, enable_pktinfo
 from passt.loop import EVENT_READ, Timer
 
 log = logging.getLogger("passt")
@@ -67,6 +67,14 @@ class ListenHandler(Protocol):
 
     def listen_ready(self, lsock: socket.socket, target_port: int, now: float) -> None:
         """Accept (TCP) or read (UDP) on a ready listener, delivering to `target_port`."""
+        ...
+
+
+class UdpListenHandler(ListenHandler, Protocol):
+    """A UDP listener's handler: UdpHandler, or pasta's UdpSpliceHandler wrapping it."""
+
+    def forget_listener(self, sock: socket.socket) -> None:
+        """The listener `sock` is about to close: drop the flows that reply through it."""
         ...
 
 
@@ -106,7 +114,7 @@ class Forwarder:
         ctx: Context,
         *,
         tcp: ListenHandler | None,
-        udp: UdpHandler | None,
+        udp: UdpListenHandler | None,
         scan_ns_ports: Callable[[bool], set[int]] | None,
         tcp_fwd: PortFwd | None = None,
         udp_fwd: PortFwd | None = None,

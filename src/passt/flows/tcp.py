@@ -109,6 +109,14 @@ _TI_BYTES_ACKED_OFF: Final = 120
 _TI_SND_WND: Final = struct.Struct("=I")
 _TI_SND_WND_OFF: Final = 228
 _LINGER_RST: Final = struct.pack("ii", 1, 0)
+#: getsockopt(SOL_SOCKET, SO_MEMINFO): u32 sk_meminfo array (linux/sock_diag.h).
+SO_MEMINFO: Final = 55
+_MEMINFO: Final = struct.Struct("=9I")
+SK_MEMINFO_SNDBUF: Final = 3
+SK_MEMINFO_WMEM_QUEUED: Final = 5
+#: Payload per truesize byte assumed before the queue tells us (small skbs cost ~2x).
+TRUESIZE_RATIO_DEFAULT: Final = 0.5
+TRUESIZE_RATIO_MIN: Final = 0.25
 
 #: RFC 9293 section 3.7.1 / RFC 8200 section 5 defaults when the guest sends no MSS.
 MSS_DEFAULT4: Final = 536
@@ -173,7 +181,7 @@ class TcpConn:
         "wnd_from_guest", "wnd_raw_from_guest", "ws_from_guest", "mss", "dup_acks",
         "g_isn", "rcvd", "ack_off", "ack_sent", "wnd_raw", "wnd_sent", "ws_to_guest",
         "acked_base", "no_tcpinfo", "peek_off",
-        "sock_pending", "rdhup", "need_ack", "nudge", "sndbuf_full", "info_due",
+        "sock_pending", "rdhup", "need_ack", "nudge", "sndbuf_full", "ack_all", "info_due",
         "retransmit", "dirty", "in_poll",
         "timer", "timer_cb", "rto", "retries", "rto_deadline", "syn_deadline",
         "last_activity",
@@ -229,6 +237,8 @@ class TcpConn:
         #: Send duplicate ACKs so the guest retransmits what the socket refused.
         self.nudge = False
         self.sndbuf_full = False
+        #: ACK everything the socket accepted at the next update (after a partial send).
+        self.ack_all = False
         #: Re-read TCP_INFO this turn.
         self.info_due = False
         self.retransmit = False
@@ -284,6 +294,7 @@ class TcpHandler:
         self._ring: FrameRing | None = None
         self._scratch: bytearray | None = None
         self._views: list[memoryview] = []
+        self._poll_out = select.poll()
         conf = ctx.conf
         self._our_mss4 = max(64, min(65535, conf.tap_mtu - 40))
         self._our_mss6 = max(64, min(65535, conf.tap_mtu - 60))
@@ -553,6 +564,7 @@ class TcpHandler:
             conn.info_due = True
             if sent < want:
                 conn.sndbuf_full = True
+                conn.ack_all = True
                 self.ctx.counters.event("tcp_sndbuf_full")
                 return
         if seg.flags & FIN:
@@ -828,7 +840,17 @@ class TcpHandler:
             return b""
 
     def _update_ack(self, conn: TcpConn) -> None:
-        """Reflect the peer: ACK what it acknowledged, announce its window (man page NOTES)."""
+        """Reflect the peer: ACK what it acknowledged, announce its window (man page NOTES).
+
+        The window is the peer's (tcpi_snd_wnd) as long as the socket's send
+        buffer can hold it: its right edge is capped at what the socket has
+        accepted plus the free send buffer (SO_MEMINFO: SO_SNDBUF minus the
+        queued truesize, scaled by the observed payload/truesize ratio), so a
+        guest honouring our window does not overrun `send()`.  When we are the
+        limit (less than a third of the buffer free), a zero-timeout poll()
+        for POLLOUT marks the socket SOCK_NOSPACE, the condition under which
+        the kernel grows an autotuned send buffer on the next ACKs.
+        """
         sock = conn.sock
         info = b"" if conn.no_tcpinfo else self._tcp_info(sock)
         if len(info) < TCP_INFO_LEN:
@@ -840,12 +862,19 @@ class TcpHandler:
         else:
             (bytes_acked,) = _TI_BYTES_ACKED.unpack_from(info, _TI_BYTES_ACKED_OFF)
             (snd_wnd,) = _TI_SND_WND.unpack_from(info, _TI_SND_WND_OFF)
-            ack_off = min(int(bytes_acked) - conn.acked_base, conn.rcvd)
-            try:
-                sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-            except OSError:
-                sndbuf = snd_wnd
-            wnd = min(int(snd_wnd), sndbuf)
+            peer_acked = int(bytes_acked) - conn.acked_base
+            ack_off = min(peer_acked, conn.rcvd)
+            if conn.ack_all:
+                # The socket refused part of a segment (see _data_from_tap): ACK
+                # what it took, so duplicate ACKs point the guest at the hole.
+                conn.ack_all = False
+                ack_off = conn.rcvd
+            wnd = int(snd_wnd)
+            room = self._sndbuf_room(conn, conn.rcvd - peer_acked)
+            if room >= 0:
+                room += conn.rcvd - max(ack_off, conn.ack_off)
+                if room < wnd:
+                    wnd = room
         if ack_off > conn.ack_off:
             conn.ack_off = ack_off
         state = conn.state
@@ -853,6 +882,26 @@ class TcpHandler:
             conn.state = state | GUEST_FIN_ACKED
         raw = wnd >> conn.ws_to_guest
         conn.wnd_raw = raw if raw < 65535 else 65535
+
+    def _sndbuf_room(self, conn: TcpConn, outq: int) -> int:
+        """Payload bytes the send buffer can still take; -1 when unknown."""
+        try:
+            meminfo = conn.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
+        except OSError:
+            return -1
+        if len(meminfo) < _MEMINFO.size:
+            return -1
+        values = _MEMINFO.unpack(meminfo)
+        sndbuf: int = values[SK_MEMINFO_SNDBUF]
+        queued: int = values[SK_MEMINFO_WMEM_QUEUED]
+        ratio = outq / queued if queued > 0 and outq > 0 else TRUESIZE_RATIO_DEFAULT
+        ratio = min(1.0, max(TRUESIZE_RATIO_MIN, ratio))
+        free = sndbuf - queued
+        if free * 2 < queued:
+            self._poll_out.register(conn.fd, select.POLLOUT)
+            self._poll_out.poll(0)
+            self._poll_out.unregister(conn.fd)
+        return int(free * ratio) if free > 0 else 0
 
     def _send_ack(self, conn: TcpConn, copies: int = 1) -> None:
         ack = conn.ack_num()

@@ -8,6 +8,7 @@ status.  With TARGET_PID, or --netns/--userns, it joins those namespaces.
     ----------------------                       ----------------
     loop: tap fd  <---- tap device ----------->  eth0 (IFF_VNET_HDR, offloads)
           host sockets (TCP/UDP/ping)            lo up; -T/-U listeners (via helper)
+          splice: -t/-T loopback bypass  <------>  namespace loopback sockets (via helper)
           nshelper socketpair  <-- fds --------  helper process (setns'd)
           pidfd of the command/target            $SHELL or COMMAND
 
@@ -202,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     def drain(now: float, deadline: float) -> None:
         """Keep serving until the namespace's last connections are done, or the deadline."""
         tcp = runtime.tcp
-        if tcp is None or tcp.flow_count() == 0 or now >= deadline:
+        left = (tcp.flow_count() if tcp is not None else 0) + runtime.bypass_flow_tcp_count()
+        if left == 0 or now >= deadline:
             runtime.loop.stop()
             return
         runtime.loop.call_later(DRAIN_POLL_S, lambda t: drain(t, deadline))

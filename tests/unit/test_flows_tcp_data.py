@@ -27,6 +27,7 @@ from tests.unit.test_flows_tcp_fakes import (
     Guest,
     Sender,
     Server,
+    gather,
     make_handler,
     nfds,
     open_conn,
@@ -212,13 +213,13 @@ def test_window_and_ack_reflect_the_peer() -> None:
         assert conn.rcvd > acked
         # Zero window reflected; the peer reads, the window opens and everything gets acked.
         release.set()
-        assert pump(ctx, lambda: (g.absorb(g.take()) or True) and g.snd_una == g.snd_nxt, timeout=10)
+        assert pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=10)
         assert g.segs[-1].window > 0
         # At rest, the announced window equals TCP_INFO's snd_wnd (capped by SO_SNDBUF), scaled.
         time.sleep(0.05)
         g.send("A", seq=g.snd_nxt - 1)  # keep-alive: forces a fresh ACK
         answer: list[Any] = []
-        assert pump(ctx, lambda: bool(answer.extend(g.take())) or bool(answer), timeout=2)
+        assert pump(ctx, lambda: gather(g, answer) and bool(answer), timeout=2)
         info = conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
         snd_wnd = struct.unpack_from("I", info, 228)[0]
         sndbuf = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
@@ -256,7 +257,7 @@ def test_snd_wnd_fallback_fixed_window_ack_on_enqueue(monkeypatch: pytest.Monkey
         g.send_data(blob[:50_000])
         g.send_data(blob[50_000:])
         segs: list[Any] = []
-        assert pump(ctx, lambda: bool(segs.extend(g.take()) or (segs and segs[-1].ack == g.snd_nxt)))
+        assert pump(ctx, lambda: gather(g, segs) and bool(segs) and segs[-1].ack == g.snd_nxt)
         # ACKed on enqueue although the peer (not reading, 4 KiB buffer) cannot have acked it.
         assert segs[-1].ack == g.snd_nxt
         assert segs[-1].window == tcp_mod.SND_WND_FALLBACK >> tcp_mod.OUR_WS
@@ -275,7 +276,7 @@ def test_fast_retransmit_after_dropped_segment() -> None:
     try:
         g = open_conn(ctx, tap, h, 4, srv.port, mss=1460)
         segs: list[Any] = []
-        assert pump(ctx, lambda: bool(segs.extend(g.take())) or sum(len(s.payload) for s in segs) >= 5 * 1460)
+        assert pump(ctx, lambda: gather(g, segs) and sum(len(s.payload) for s in segs) >= 5 * 1460)
         lost = next(s for s in segs if s.payload)
         segs.remove(lost)
         g.absorb(segs, ack=False)  # everything after the hole is out of order: ignored
@@ -299,10 +300,10 @@ def test_rto_retransmit_when_guest_silent() -> None:
     try:
         g = open_conn(ctx, tap, h, 4, srv.port, mss=1460)
         first: list[Any] = []
-        assert pump(ctx, lambda: bool(first.extend(g.take())) or any(s.payload for s in first))
+        assert pump(ctx, lambda: gather(g, first) and any(s.payload for s in first))
         t0 = time.monotonic()
         again: list[Any] = []
-        assert pump(ctx, lambda: bool(again.extend(g.take())) or any(s.payload for s in again), timeout=3)
+        assert pump(ctx, lambda: gather(g, again) and any(s.payload for s in again), timeout=3)
         assert time.monotonic() - t0 >= 0.8
         seq0 = next(s for s in first if s.payload).seq
         assert next(s for s in again if s.payload).seq == seq0
@@ -321,13 +322,13 @@ def test_zero_window_from_guest_stops_then_probes() -> None:
     srv = Server(4, sender_script(data))
     try:
         g = open_conn(ctx, tap, h, 4, srv.port, mss=1460, rcv_wnd=128 * 128)
-        assert pump(ctx, lambda: (g.absorb(g.take(), ack=False) or True) and g.nreceived >= 128 * 128)
+        assert pump(ctx, lambda: g.absorb(g.take(), ack=False) >= 0 and g.nreceived >= 128 * 128)
         assert g.nreceived == 128 * 128
         g.send("A", window=0)  # everything received, window closed
         pump(ctx, lambda: False, timeout=0.3)
         assert [s for s in g.take() if s.payload] == []
         probe: list[Any] = []
-        assert pump(ctx, lambda: bool(probe.extend(g.take())) or bool(probe), timeout=3)
+        assert pump(ctx, lambda: gather(g, probe) and bool(probe), timeout=3)
         assert probe[0].payload == b"" and probe[0].seq == (g.rcv_nxt - 1) & 0xFFFFFFFF
         assert ctx.counters.events["tcp_window_probe"] == 1
         g.rcv_wnd = 4 << 20
@@ -342,7 +343,7 @@ def test_zero_window_from_guest_stops_then_probes() -> None:
 class NoPeekOffSocket(socket.socket):
     """A socket as on kernels before TCP supported SO_PEEK_OFF."""
 
-    def setsockopt(self, level: int, opt: int, value: Any, *rest: Any) -> None:  # type: ignore[override]
+    def setsockopt(self, level: int, opt: int, value: Any, *rest: Any) -> None:
         if level == socket.SOL_SOCKET and opt == tcp_mod.SO_PEEK_OFF:
             raise OSError(95, "Operation not supported")
         super().setsockopt(level, opt, value, *rest)
@@ -357,7 +358,7 @@ def test_without_so_peek_off_data_still_exact() -> None:
         g = open_conn(ctx, tap, h, 4, srv.port)
         assert not the_conn(h).peek_off
         segs: list[Any] = []
-        assert pump(ctx, lambda: bool(segs.extend(g.take())) or len([s for s in segs if s.payload]) >= 2)
+        assert pump(ctx, lambda: gather(g, segs) and len([s for s in segs if s.payload]) >= 2)
         data_segs = [s for s in segs if s.payload]
         g.absorb(data_segs[1:], ack=False)  # lose the first one
         for _ in range(3):
@@ -384,22 +385,76 @@ def test_thousand_short_connections_leave_nothing_behind() -> None:
     ctx, tap, h = make_handler()
     srv = Server(4, script, count=n)
     before = nfds()
+
+    def cycle(i: int) -> None:
+        g = Guest(ctx, tap, h, 4, G4, 20000 + i, LO4, srv.port)
+        g.syn()
+        got: list[Any] = []
+        assert pump(ctx, lambda: gather(g, got) and bool(got))
+        g.on_synack(got[0])
+        g.send_data(b"ping", flags="FPA")
+        assert pump(ctx, lambda: g.got_fin, step=lambda: g.absorb(g.take()))
+        assert pump(ctx, lambda: h.flow_count() == 0, step=lambda: g.absorb(g.take()))
+        assert bytes(g.digest.digest()) == hashlib.sha256(b"PING").digest()
+
     try:
         for i in range(n):
-            g = Guest(ctx, tap, h, 4, G4, 20000 + i, LO4, srv.port)
-            g.syn()
-            got: list[Any] = []
-            assert pump(ctx, lambda: bool(got.extend(g.take())) or bool(got))
-            g.on_synack(got[0])
-            g.send_data(b"ping", flags="FPA")
-            assert pump(ctx, lambda: g.got_fin, step=lambda: g.absorb(g.take()))
-            assert pump(ctx, lambda: h.flow_count() == 0, step=lambda: g.absorb(g.take()))
-            assert g.nreceived == 4
+            cycle(i)
         srv.join()
         assert h.flow_count() == 0
         srv.conns.clear()
         assert nfds() == before
         assert ctx.loop.registered_count == 1  # only the handler's epoll
     finally:
+        h.close()
+        srv.close()
+
+
+class SmallSndbufSocket(socket.socket):
+    """A host socket with an 8 KiB send buffer, so a guest ignoring our window overruns it."""
+
+    def __init__(self, family: int, type: int) -> None:
+        super().__init__(family, type)
+        self.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+
+
+def test_partial_send_acks_only_accepted_and_nudges_retransmit() -> None:
+    """When the socket takes part of a segment, only that part is ACKed; duplicate ACKs then ask for the rest."""
+    release = threading.Event()
+    results: list[tuple[int, str]] = []
+
+    def script(conn: socket.socket) -> None:
+        release.wait(20)
+        results.append(sink_script(conn))
+
+    ctx, tap, h = make_handler(socket_factory=SmallSndbufSocket)
+    srv = Server(4, script, rcvbuf=4096)
+    blob = os.urandom(300_000)
+    try:
+        g = open_conn(ctx, tap, h, 4, srv.port)
+        conn = the_conn(h)
+        tx = Sender(g, blob, chunk=10_000, stall_s=5)
+        for off in range(0, len(blob), 10_000):  # ignoring the window
+            g.send_data(blob[off : off + 10_000])
+        assert ctx.counters.events["tcp_sndbuf_full"] >= 1
+        accepted = conn.rcvd
+        assert 0 < accepted < len(blob)
+        hole = (g.isn + 1 + accepted) & 0xFFFFFFFF
+        acks: list[Any] = []
+        assert pump(ctx, lambda: gather(g, acks) and any(a.ack == hole for a in acks))
+        # Nothing beyond what the socket took is ever acknowledged.
+        assert all(((a.ack - hole) & 0xFFFFFFFF) == 0 or ((hole - a.ack) & 0xFFFFFFFF) < 1 << 31 for a in acks)
+        release.set()
+        assert pump(ctx, lambda: gather(g, acks) and sum(a.ack == hole for a in acks) >= 1 + 3, timeout=5)
+        g.absorb(acks, ack=False)
+        g.snd_nxt = g.snd_una  # the guest's fast retransmit after three duplicate ACKs
+        assert g.snd_una == hole
+        assert pump(ctx, lambda: tx.done, timeout=30, step=tx.step)
+        g.send("FA")
+        g.snd_nxt += 1
+        srv.join()
+        assert results == [(len(blob), hashlib.sha256(blob).hexdigest())]
+    finally:
+        release.set()
         h.close()
         srv.close()

@@ -31,7 +31,7 @@ from passt.context import Context
 from passt.flows.tcp import TcpHandler
 from passt.loop import EventLoop
 from passt.tap.base import GSO_NONE, GSO_TCPV4, GSO_TCPV6, Buffer
-from tests.unit.conftest import GUEST_MAC, OUR_MAC, assert_checksums, make_config, make_ip4, make_ip6
+from tests.unit.conftest import GUEST_MAC, assert_checksums, make_config, make_ip4, make_ip6
 
 G4 = "192.0.2.118"
 G6 = "2001:db8:1::118"
@@ -199,7 +199,7 @@ def dissect(sent: Sent, offload: bool) -> Seg:
     )
 
 
-def pump(ctx: Context, cond: Callable[[], bool], timeout: float = 3.0, step: Callable[[], None] | None = None) -> bool:
+def pump(ctx: Context, cond: Callable[[], bool], timeout: float = 3.0, step: Callable[[], object] | None = None) -> bool:
     """Run the loop (and `step` after each turn) until `cond()` or `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -360,6 +360,12 @@ class Guest:
         return self.peer_wnd - in_flight
 
 
+def gather(g: Guest, acc: list[Seg]) -> bool:
+    """Append the guest's new frames to `acc`; always True (for use inside conditions)."""
+    acc.extend(g.take())
+    return True
+
+
 def open_conn(
     ctx: Context, tap: FakeTap, handler: TcpHandler, af: int, port: int, **guest_kw: Any
 ) -> Guest:
@@ -377,7 +383,7 @@ def open_conn(
     )
     g.syn()
     segs: list[Seg] = []
-    assert pump(ctx, lambda: bool(segs.extend(g.take()) or segs))
+    assert pump(ctx, lambda: gather(g, segs) and bool(segs))
     g.on_synack(segs[0])
     g.ack()
     return g
@@ -386,7 +392,7 @@ def open_conn(
 class Server:
     """A loopback TCP server in a thread; `script(conn)` runs for each accepted connection."""
 
-    def __init__(self, af: int, script: Callable[[socket.socket], None], *, rcvbuf: int = 0, count: int = 1) -> None:
+    def __init__(self, af: int, script: Callable[[socket.socket], object], *, rcvbuf: int = 0, count: int = 1) -> None:
         fam = socket.AF_INET if af == 4 else socket.AF_INET6
         self.sock = socket.socket(fam, socket.SOCK_STREAM)
         if rcvbuf:
@@ -409,10 +415,7 @@ class Server:
                 conn, _ = self.sock.accept()
                 conn.settimeout(30)
                 self.conns.append(conn)
-                try:
-                    self.results.append(self._script(conn))  # type: ignore[func-returns-value]
-                finally:
-                    pass
+                self.results.append(self._script(conn))
         except BaseException as e:  # reported by join()
             self.errors.append(e)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from scapy.compat import raw
@@ -24,8 +25,9 @@ from passt.wire.tcp import (
 from tests.unit.conftest import check_prefixes
 
 
-def scapy_tcp(**kw: object) -> bytes:
-    return raw(TCP(**kw))  # type: ignore[no-untyped-call]
+def scapy_tcp(**kw: Any) -> bytes:
+    data: bytes = raw(TCP(**kw))
+    return data
 
 
 def test_parse_tcp_plain_segment() -> None:
@@ -117,7 +119,7 @@ def test_build_tcp_matches_scapy_dissection() -> None:
         options=syn_options(1460, 7),
     )
     assert n == 28
-    pkt = TCP(bytes(buf[4 : 4 + n]))  # type: ignore[no-untyped-call]
+    pkt = TCP(bytes(buf[4 : 4 + n]))
     assert (pkt.sport, pkt.dport, pkt.seq, pkt.ack, pkt.window) == (40000, 443, 5, 99, 29200)
     assert str(pkt.flags) == "SA"
     assert dict(pkt.options)["MSS"] == 1460

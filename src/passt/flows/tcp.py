@@ -7,7 +7,7 @@ observed parameters to the other (man page DESCRIPTION):
 
     guest --segment--> from_tap --send()--> socket --> real peer
        ^                 ACK = what the *peer* acked (TCP_INFO tcpi_bytes_acked)
-       |                 window = peer's window (tcpi_snd_wnd), capped by SO_SNDBUF
+       |                 window = peer's window (tcpi_snd_wnd), capped by free send buffer
        |
     guest <--frames--  _push <--recvmsg_into(MSG_PEEK, SO_PEEK_OFF)-- socket <-- real peer
                          data stays queued in the socket until the guest ACKs it;
@@ -28,8 +28,11 @@ the bytes already in flight going into a scratch buffer (bounded by
 SCRATCH_BYTES: the in-flight amount is capped to it).
 
 Guest to host (`from_tap`).  Payload goes to `send()` as is; only the bytes
-the socket accepted count as received: the rest the guest will retransmit
-(three duplicate ACKs nudge it once the socket is writable again).  The ACK
+the socket accepted count as received: the rest the guest will retransmit.
+The window we announce keeps a guest that honours it within the free send
+buffer (SO_MEMINFO), so a short `send()` means a guest ignoring it: we then
+ACK exactly what the socket took and, once it is writable again, send three
+duplicate ACKs so the guest fast-retransmits from the hole.  The ACK
 we announce follows what the real peer acknowledged, polled through TCP_INFO
 after every batch and every ACK_POLL_S (10 ms) while guest data is
 unacknowledged or our announced window is zero.  Where TCP_INFO is too short
@@ -417,9 +420,9 @@ class TcpHandler:
         self._syn_params(conn, seg, offered_ws=seg.wscale >= 0)
         conn.wnd_raw_from_guest = seg.window
         conn.wnd_from_guest = seg.window  # never scaled in a SYN (RFC 7323 section 2.2)
-        self.flows.add(key, conn)
-        self._by_fd[conn.fd] = conn
-        self._ep.register(conn.fd, _EP_MASK)
+        if not self._register(conn):
+            self._rst_unknown(af, src, dst, seg, plen)
+            return
         counters.event("tcp_open_from_guest")
         self._arm(conn, conn.syn_deadline)
         if rc == 0:
@@ -598,10 +601,17 @@ class TcpHandler:
             except OSError:
                 counters.drop("tcp_accept")
                 return
-            if not self._accepted(sock, target_port, now):
+            if not self.accept_socket(sock, target_port, now):
                 _close_rst(sock)
 
-    def _accepted(self, sock: socket.socket, target_port: int, now: float) -> bool:
+    def accept_socket(self, sock: socket.socket, target_port: int, now: float) -> bool:
+        """Take an accepted host connection towards the guest's `target_port` (SYN to the guest).
+
+        True: the handler owns `sock` now.  False: refused (TCP disabled, no
+        guest, family disabled, table full, key collision); the caller still
+        owns `sock` and should reset it.  Used by `listen_ready` and by
+        pasta's splice handler for non-loopback peers.
+        """
         ctx = self.ctx
         counters = ctx.counters
         sock.setblocking(False)
@@ -645,14 +655,32 @@ class TcpHandler:
         conn.state = SYN_SENT
         conn.mss = self._our_mss4 if af == 4 else self._our_mss6
         self._sock_ready(conn)
-        self.flows.add(key, conn)
-        self._by_fd[conn.fd] = conn
-        self._ep.register(conn.fd, _EP_MASK)
+        if not self._register(conn):
+            return True  # already closed with a reset
         counters.event("tcp_open_from_sock")
         opts = syn_options(self._our_mss4 if af == 4 else self._our_mss6, OUR_WS)
         ctx.send(build_control(tpl, conn.isn, 0, SYN, self._initial_window(conn), opts))
         conn.rto_deadline = now + conn.rto
         self._arm(conn, conn.rto_deadline)
+        return True
+
+    #: Old name, kept for callers written before `accept_socket` was public.
+    _accepted = accept_socket
+
+    def _register(self, conn: TcpConn) -> bool:
+        """Enter a new flow in the table and the inner epoll; False (socket reset) on failure."""
+        if not self.flows.add(conn.key, conn):
+            self.ctx.counters.drop("tcp_flow_table_full")
+            _close_rst(conn.sock)
+            return False
+        try:
+            self._ep.register(conn.fd, _EP_MASK)
+        except OSError:
+            self.ctx.counters.drop("tcp_epoll")
+            self.flows.remove(conn.key)
+            _close_rst(conn.sock)
+            return False
+        self._by_fd[conn.fd] = conn
         return True
 
     def _sock_ready(self, conn: TcpConn) -> None:
@@ -724,7 +752,10 @@ class TcpHandler:
                 if conn.closed:
                     continue
             elif ev & _EP_ERR:
-                err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                try:
+                    err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                except OSError as e:
+                    err = e.errno or errno.EIO
                 if err:
                     self.ctx.counters.event("tcp_sock_error")
                     self._reset(conn)

@@ -139,12 +139,6 @@ class FrameTemplate:
             _U16.pack_into(frame, l4 + 16, ~total_sum & 0xFFFF)
         return l4 + tcp_len
 
-    def control(
-        self, seq: int, ack: int, flags: int, window: int, options: bytes = b""
-    ) -> bytearray:
-        """A complete frame without payload (SYN, ACK, FIN, RST), full checksums."""
-        return build_control(self, seq, ack, flags, window, options)
-
 
 def build_control(
     tpl: FrameTemplate, seq: int, ack: int, flags: int, window: int, options: bytes = b""

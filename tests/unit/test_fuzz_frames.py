@@ -1,0 +1,793 @@
+"""Hostile guest: random and mutated frames through the whole frame handler.
+
+A complete `Runtime` (services, dispatcher, TCP/UDP/ICMP handlers, the event
+loop) is fed frames built by scapy and then mutated by a fast, seeded, pure
+Python mutator (bit flips, truncation, extension, splicing two seeds, length
+field and boundary values).  The invariant is h11's: garbage is only ever
+dropped.  Per frame:
+
+* nothing escapes the handler (any exception fails the test);
+* the frame is accounted for: it produced a reply, opened or closed a flow,
+  or moved a drop or event counter, or else it is one of the legitimate
+  silent cases enumerated in `SILENT_OK` (a segment, datagram or echo request
+  that went to a flow that already existed);
+* every frame sent to the guest fits the link (at most 65535 + 14 bytes) and,
+  for a sample, every checksum is what scapy computes for the same bytes.
+
+Afterwards the clock is pushed forward past every timeout and the guest link
+is reset: every flow table must be empty and the process must hold exactly the
+descriptors it held before the fuzzing started.
+
+Network safety: the handlers open real host sockets and connect them to the
+fuzzed destinations.  The fuzz body therefore runs in a forked child that
+first moves into a private network namespace (`unshare(CLONE_NEWNET)`) with
+only `lo`, carrying the test's own server addresses (198.51.100.1,
+2001:db8:2::1): every other destination has no route and fails at once with
+ENETUNREACH.  Nothing here ever runs in the machine's own namespace.  The
+child reports its results as JSON over a pipe.
+
+Counts: PASST_FUZZ_COUNT frames per mode (default 20,000; `nox -s fuzz` runs
+1,000,000).  The seed corpus and the mutator are also used by
+tests/integration/test_hostile.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pytest
+
+from passt.config import Mode
+from passt.tap.base import Buffer
+from tests.unit.conftest import (
+    GUEST4,
+    GUEST6,
+    GUEST_MAC,
+    GW4,
+    OUR_MAC,
+    assert_checksums,
+    make_config,
+    refresh_checksums,
+)
+
+#: Frames per mode; `nox -s fuzz` sets 1,000,000.
+FUZZ_COUNT: Final = int(os.environ.get("PASST_FUZZ_COUNT", "20000"))
+#: The test's own servers, on `lo` of the private namespace only.
+SRV4: Final = "198.51.100.1"
+SRV6: Final = "2001:db8:2::1"
+#: Destinations with no route in the private namespace (ENETUNREACH at once).
+UNROUTED4: Final = "203.0.113.9"
+UNROUTED6: Final = "2001:db8:3::9"
+SINK_PORT: Final = 7001
+ECHO_PORT: Final = 7002
+CLOSED_PORT: Final = 7003
+#: Largest frame either back-end may carry (65535 IP bytes + Ethernet).
+MAX_FRAME: Final = 65535 + 14
+#: Frames between loop turns, between clock jumps.
+TURN_EVERY: Final = 64
+JUMP_EVERY: Final = 4096
+
+#: Legitimate silent outcomes: the frame reached an existing flow of that
+#: handler (an in-window segment, an ACK that moves nothing, a datagram or
+#: echo request sent on an open socket).  Nothing else may be silent.
+SILENT_OK: Final = ("tcp existing flow", "udp existing flow", "icmp existing flow")
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+@dataclass(frozen=True)
+class Addrs:
+    """Who is who in a seed corpus (strings as scapy takes them)."""
+
+    guest_mac: str
+    our_mac: str
+    guest4: str
+    gw4: str
+    srv4: str
+    unrouted4: str
+    guest6: str
+    gw6_ll: str
+    srv6: str
+    unrouted6: str
+    guest_ll: str = "fe80::5054:ff:fe12:3456"
+
+
+def build_seeds(a: Addrs, *, sink_port: int = SINK_PORT, echo_port: int = ECHO_PORT,
+                closed_port: int = CLOSED_PORT) -> list[bytes]:  # fmt: skip
+    """A few hundred valid (and a few deliberately odd) frames a guest could send."""
+    from scapy.compat import raw
+    from scapy.layers.dhcp import BOOTP, DHCP
+    from scapy.layers.dhcp6 import (
+        DHCP6_InfoRequest,
+        DHCP6_Request,
+        DHCP6_Solicit,
+        DHCP6OptClientId,
+        DHCP6OptElapsedTime,
+        DHCP6OptIA_NA,
+        DHCP6OptOptReq,
+        DHCP6OptRapidCommit,
+        DHCP6OptServerId,
+        DUID_LL,
+    )
+    from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR
+    from scapy.layers.inet6 import (
+        ICMPv6EchoRequest,
+        ICMPv6ND_NA,
+        ICMPv6ND_NS,
+        ICMPv6ND_RS,
+        ICMPv6NDOptSrcLLAddr,
+        IPv6,
+        IPv6ExtHdrDestOpt,
+        IPv6ExtHdrFragment,
+        IPv6ExtHdrHopByHop,
+        IPv6ExtHdrRouting,
+    )
+    from scapy.layers.l2 import ARP, Dot1Q, Ether
+    from scapy.packet import Raw
+
+    e = Ether(src=a.guest_mac, dst=a.our_mac)
+    bc = Ether(src=a.guest_mac, dst="ff:ff:ff:ff:ff:ff")
+    mc6 = Ether(src=a.guest_mac, dst="33:33:00:00:00:02")
+    out: list[bytes] = []
+    add = out.append
+    mac_b = bytes.fromhex(a.guest_mac.replace(":", ""))
+
+    # ARP: request for the gateway, for ourselves, gratuitous, reply, junk op
+    for op, pdst, psrc in ((1, a.gw4, a.guest4), (1, a.guest4, a.guest4), (1, a.gw4, "0.0.0.0"),
+                           (2, a.gw4, a.guest4), (7, a.gw4, a.guest4), (1, a.srv4, a.guest4)):
+        add(raw(bc / ARP(op=op, hwsrc=a.guest_mac, psrc=psrc, pdst=pdst)))
+    add(raw(bc / ARP(hwlen=8, plen=2, op=1)))
+
+    # DHCP: discover, request (selecting and renewing), inform, release, decline, junk options
+    bootp = BOOTP(chaddr=mac_b + bytes(10), xid=0x1234, flags=0x8000)
+    ip_bc = IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67)
+    for opts in (
+        [("message-type", "discover"), ("param_req_list", [1, 3, 6, 15, 26, 119]), "end"],
+        [("message-type", "request"), ("requested_addr", a.guest4), ("server_id", a.gw4), "end"],
+        [("message-type", "request"), ("requested_addr", "10.9.9.9"), "end"],
+        [("message-type", "request"), "end"],
+        [("message-type", "inform"), "end"],
+        [("message-type", "release"), ("server_id", a.gw4), "end"],
+        [("message-type", "decline"), ("requested_addr", a.guest4), "end"],
+        [("message-type", "discover"), ("max_dhcp_size", 576), ("client_id", b"\x01" + mac_b), "end"],
+        [("message-type", "discover"), ("hostname", b"x" * 255), "end"],
+        [("message-type", 99), "end"],
+        [("message-type", "discover"), (52, b"\x03"), "end"],  # overload: file and sname
+    ):
+        add(raw(bc / ip_bc / bootp / DHCP(options=opts)))
+    add(raw(e / IP(src=a.guest4, dst=a.gw4) / UDP(sport=68, dport=67)
+            / BOOTP(chaddr=mac_b, ciaddr=a.guest4) / DHCP(options=[("message-type", "request"), "end"])))
+
+    # DHCPv6: solicit (with and without rapid commit), request, information-request
+    duid = DUID_LL(lladdr=a.guest_mac)
+    ip6_dh = mc6 / IPv6(src=a.guest_ll, dst="ff02::1:2") / UDP(sport=546, dport=547)
+    common = DHCP6OptClientId(duid=duid) / DHCP6OptElapsedTime() / DHCP6OptOptReq(reqopts=[23, 24])
+    add(raw(ip6_dh / DHCP6_Solicit(trid=1) / common / DHCP6OptIA_NA(iaid=1)))
+    add(raw(ip6_dh / DHCP6_Solicit(trid=2) / common / DHCP6OptRapidCommit() / DHCP6OptIA_NA(iaid=1)))
+    add(raw(ip6_dh / DHCP6_Request(trid=3) / common / DHCP6OptServerId(duid=DUID_LL(lladdr=a.our_mac))
+            / DHCP6OptIA_NA(iaid=1)))
+    add(raw(ip6_dh / DHCP6_InfoRequest(trid=4) / common))
+
+    # NDP: RS, NS for the gateway, DAD probe, NA, with and without link-layer options
+    lla = ICMPv6NDOptSrcLLAddr(lladdr=a.guest_mac)
+    add(raw(mc6 / IPv6(src=a.guest_ll, dst="ff02::2", hlim=255) / ICMPv6ND_RS() / lla))
+    add(raw(mc6 / IPv6(src="::", dst="ff02::2", hlim=255) / ICMPv6ND_RS()))
+    add(raw(e / IPv6(src=a.guest_ll, dst="ff02::1:ff00:1", hlim=255) / ICMPv6ND_NS(tgt=a.gw6_ll) / lla))
+    add(raw(e / IPv6(src=a.guest6, dst=a.gw6_ll, hlim=255) / ICMPv6ND_NS(tgt=a.srv6) / lla))
+    add(raw(e / IPv6(src="::", dst="ff02::1:ff12:3456", hlim=255) / ICMPv6ND_NS(tgt=a.guest_ll)))
+    add(raw(e / IPv6(src=a.guest_ll, dst="ff02::1", hlim=255) / ICMPv6ND_NA(tgt=a.guest_ll, R=0, S=0, O=1)))
+    add(raw(e / IPv6(src=a.guest_ll, dst="ff02::2", hlim=64) / ICMPv6ND_RS()))
+
+    # TCP: every combination of the six classic flags, both families, open and closed ports
+    for af, src, dsts in ((4, a.guest4, (a.srv4, a.unrouted4, a.gw4)),
+                          (6, a.guest6, (a.srv6, a.unrouted6, a.gw6_ll))):
+        ip_of: Callable[[str], Any] = (lambda d, s=src: IP(src=s, dst=d)) if af == 4 else (
+            lambda d, s=src: IPv6(src=s, dst=d))
+        for flags in range(64):
+            for dst, dport in ((dsts[0], sink_port), (dsts[0], closed_port), (dsts[1], 80)):
+                if dport != sink_port and flags % 4:
+                    continue
+                payload = b"data" * (flags % 3) if flags & 0x10 else b""
+                add(raw(e / ip_of(dst) / TCP(sport=40000 + flags, dport=dport, flags=flags, seq=1000,
+                                             ack=77 if flags & 0x10 else 0, window=65535)
+                        / payload))
+        for opts in ([("MSS", 1460), ("WScale", 7), ("SAckOK", b""), ("Timestamp", (1, 0))],
+                     [("MSS", 0), ("WScale", 200)], [("NOP", None)] * 10, [("EOL", None)],
+                     [(254, b"\x01" * 30)], [("MSS", 65535), ("WScale", 14)]):
+            add(raw(e / ip_of(dsts[0]) / TCP(sport=41000, dport=sink_port, flags="S", options=opts)))
+        add(raw(e / ip_of(dsts[0]) / TCP(sport=41001, dport=sink_port, flags="PA", urgptr=3)
+                / Raw(b"u" * 1000)))
+        add(raw(e / ip_of(dsts[2]) / TCP(sport=41002, dport=22, flags="S")))
+
+    # UDP: echo server, closed port, unrouted, DNS, port 0, empty and large payloads
+    for src, dsts, ip_cls in ((a.guest4, (a.srv4, a.unrouted4, a.gw4), IP),
+                              (a.guest6, (a.srv6, a.unrouted6, a.gw6_ll), IPv6)):
+        for dst, sport, dport, size in ((dsts[0], 5000, echo_port, 10), (dsts[0], 5001, echo_port, 0),
+                                        (dsts[0], 5002, echo_port, 1400), (dsts[0], 5003, closed_port, 8),
+                                        (dsts[1], 5004, 53, 30), (dsts[2], 5005, 53, 30),
+                                        (dsts[0], 0, echo_port, 4), (dsts[0], 5006, 0, 4)):
+            add(raw(e / ip_cls(src=src, dst=dst) / UDP(sport=sport, dport=dport) / (b"p" * size)))
+    add(raw(e / IP(src=a.guest4, dst=a.srv4) / UDP(sport=5007, dport=echo_port) / (b"B" * 8000)))
+    add(raw(e / IP(src=a.guest4, dst="255.255.255.255") / UDP(sport=5008, dport=9)))
+    add(raw(e / IP(src=a.guest4, dst="224.0.0.251") / UDP(sport=5353, dport=5353)))
+    add(raw(e / IPv6(src=a.guest6, dst="ff02::fb") / UDP(sport=5353, dport=5353)))
+
+    # ICMP: echo (v4/v6, small and big), other types, IPv4 options
+    for dst in (a.srv4, a.unrouted4, a.gw4):
+        add(raw(e / IP(src=a.guest4, dst=dst) / ICMP(id=0x4242, seq=1) / (b"x" * 56)))
+    add(raw(e / IP(src=a.guest4, dst=a.srv4) / ICMP(id=7, seq=2) / (b"y" * 4000)))
+    add(raw(e / IP(src=a.guest4, dst=a.srv4) / ICMP(type=13)))
+    add(raw(e / IP(src=a.guest4, dst=a.srv4) / ICMP(type=3, code=3) / IP(src=a.srv4, dst=a.guest4)
+            / UDP(sport=1, dport=2)))
+    add(raw(e / IP(src=a.guest4, dst=a.srv4, options=[IPOption_NOP(), IPOption_RR()]) / ICMP(id=9)))
+    add(raw(e / IP(src=a.guest4, dst=a.srv4, options=[IPOption_RR()]) / UDP(sport=5009, dport=echo_port)
+            / b"opt"))
+    for dst in (a.srv6, a.unrouted6):
+        add(raw(e / IPv6(src=a.guest6, dst=dst) / ICMPv6EchoRequest(id=0x4243, seq=1, data=b"x" * 56)))
+    add(raw(e / IPv6(src=a.guest_ll, dst=a.gw6_ll) / ICMPv6EchoRequest(id=5)))
+
+    # IPv6 with extension headers: hop-by-hop, destination options, routing, fragment, chains
+    for ext in (IPv6ExtHdrHopByHop(), IPv6ExtHdrDestOpt(), IPv6ExtHdrRouting(),
+                IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() / IPv6ExtHdrRouting(),
+                IPv6ExtHdrFragment(m=1), IPv6ExtHdrDestOpt() / IPv6ExtHdrFragment()):
+        add(raw(e / IPv6(src=a.guest6, dst=a.srv6) / ext / UDP(sport=5010, dport=echo_port) / b"ext"))
+        add(raw(e / IPv6(src=a.guest6, dst=a.srv6) / ext / TCP(sport=41003, dport=sink_port, flags="S")))
+    chain: Any = IPv6ExtHdrDestOpt()
+    for _ in range(10):
+        chain = chain / IPv6ExtHdrDestOpt()
+    add(raw(e / IPv6(src=a.guest6, dst=a.srv6) / chain / UDP(sport=5011, dport=echo_port)))
+
+    # IPv4 fragments, odd ethertypes, VLAN tags, runts, jumbo
+    add(raw(e / IP(src=a.guest4, dst=a.srv4, flags="MF") / UDP(sport=5012, dport=echo_port) / (b"f" * 64)))
+    add(raw(e / IP(src=a.guest4, dst=a.srv4, frag=8) / (b"f" * 64)))
+    add(raw(e / Dot1Q(vlan=5) / IP(src=a.guest4, dst=a.srv4) / UDP(sport=5013, dport=echo_port)))
+    add(raw(e / IP(src=a.guest4, dst=a.srv4, proto=47) / (b"g" * 24)))
+    add(raw(e / IPv6(src=a.guest6, dst=a.srv6, nh=59)))
+    add(raw(Ether(src=a.guest_mac, dst=a.our_mac, type=0x88CC) / (b"l" * 46)))
+    add(raw(e)[:14])
+    add(raw(e / IP(src=a.guest4, dst=a.srv4) / UDP(sport=5014, dport=echo_port) / (b"J" * 60000)))
+    add(raw(e / IPv6(src=a.guest6, dst=a.srv6) / TCP(sport=41004, dport=sink_port, flags="PA")
+            / (b"J" * 65000)))
+    return out
+
+
+def unit_addrs() -> Addrs:
+    """Addresses of the unit test's private namespace and config."""
+    return Addrs(guest_mac=GUEST_MAC.hex(":"), our_mac=OUR_MAC.hex(":"), guest4=GUEST4, gw4=GW4,
+                 srv4=SRV4, unrouted4=UNROUTED4, guest6=GUEST6, gw6_ll="fe80::1", srv6=SRV6,
+                 unrouted6=UNROUTED6)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- mutator
+
+
+_U16: Final = struct.Struct("!H")
+_BOUNDARY: Final = (0, 1, 2, 0x7F, 0x80, 0xFE, 0xFF)
+_BOUNDARY16: Final = (0, 1, 7, 8, 19, 20, 21, 39, 40, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF)
+
+
+class Mutator:
+    """Fast seeded mutations of Ethernet frames (bytearray operations only)."""
+
+    def __init__(self, seeds: list[bytes], seed: int, *, fix_checksums: bool = True) -> None:
+        self.seeds = seeds
+        self.rng = random.Random(seed)
+        self.fix_checksums = fix_checksums
+
+    def frame(self, pool: list[bytes] | None = None) -> bytes:
+        """One frame: usually a mutated seed, sometimes a seed as is or pure noise."""
+        rng = self.rng
+        seeds = pool if pool else self.seeds
+        roll = rng.random()
+        if roll < 0.04:
+            return rng.choice(seeds)
+        if roll < 0.06:
+            return rng.randbytes(rng.choice((0, 1, 13, 14, 15, 33, 34, 53, 54, 60, rng.randrange(2000))))
+        data = bytearray(rng.choice(seeds))
+        for _ in range(1 + (rng.random() < 0.35) + (rng.random() < 0.1)):
+            self._one(data)
+        if self.fix_checksums and rng.random() < 0.2:
+            # past the checksum checks of DHCP, DHCPv6 and NDP, into their option parsers
+            return refresh_checksums(bytes(data))
+        return bytes(data)
+
+    def _one(self, data: bytearray) -> None:
+        rng = self.rng
+        n = len(data)
+        op = rng.randrange(10)
+        if op <= 1 and n:  # bit flips, biased to the headers
+            span = min(n, 80) if rng.random() < 0.8 else n
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(span)] ^= 1 << rng.randrange(8)
+        elif op == 2:  # truncation
+            cut = rng.randrange(min(n, 90) + 1) if rng.random() < 0.7 else rng.randrange(n + 1)
+            del data[cut:]
+        elif op == 3:  # extension: trailing junk, rarely up to and past the largest frame
+            if rng.random() < 0.02:
+                data += bytes(rng.choice((MAX_FRAME - n, MAX_FRAME + 1 - n, 70000 - n, 1)))
+            else:
+                data += rng.randbytes(rng.randint(1, 64))
+        elif op == 4 and n:  # boundary byte
+            data[rng.randrange(min(n, 80))] = rng.choice(_BOUNDARY)
+        elif op == 5:  # splice with another seed
+            other = rng.choice(self.seeds)
+            cut = rng.randrange(min(n, 80) + 1)
+            data[cut:] = other[rng.randrange(len(other) + 1) if rng.random() < 0.3 else cut :]
+        elif op == 6 and n >= 14:  # length fields: IP total/payload length, UDP length, IHL, TCP offset
+            self._length(data)
+        elif op == 7 and n:  # insertion
+            pos = rng.randrange(n)
+            data[pos:pos] = rng.randbytes(rng.randint(1, 12))
+        elif op == 8 and n > 20:  # duplicate a chunk (repeated options)
+            pos = rng.randrange(14, n)
+            ln = rng.randint(1, 40)
+            data[pos:pos] = data[pos : pos + ln]
+        elif n >= 14:  # random 16-bit value at a random header offset
+            pos = rng.randrange(12, min(n, 80) - 1) if n > 14 else 12
+            _U16.pack_into(data, pos, rng.choice(_BOUNDARY16) if rng.random() < 0.5 else rng.randrange(65536))
+
+    def _length(self, data: bytearray) -> None:
+        rng = self.rng
+        n = len(data)
+        ethertype = (data[12] << 8) | data[13]
+        val = rng.choice(_BOUNDARY16) if rng.random() < 0.6 else min(0xFFFF, max(0, n - 14 + rng.randint(-4, 4)))
+        if ethertype == 0x0800 and n >= 34:
+            ihl = (data[14] & 0xF) * 4
+            which = rng.randrange(4)
+            if which == 0:
+                _U16.pack_into(data, 16, val)
+            elif which == 1:
+                data[14] = (data[14] & 0xF0) | rng.randrange(16)
+            elif which == 2 and n >= 14 + ihl + 8:
+                _U16.pack_into(data, 14 + ihl + 4, val & 0xFFFF)  # UDP length
+            elif n >= 14 + ihl + 14:
+                data[14 + ihl + 12] = rng.randrange(256)  # TCP data offset
+        elif ethertype == 0x86DD and n >= 54:
+            which = rng.randrange(3)
+            if which == 0:
+                _U16.pack_into(data, 18, val)
+            elif which == 1 and n >= 62:
+                _U16.pack_into(data, 58, val & 0xFFFF)  # UDP length (no extension header)
+            elif n >= 68:
+                data[54 + 12] = rng.randrange(256)
+        else:
+            _U16.pack_into(data, 12, rng.choice((0x0800, 0x86DD, 0x0806, 0x8100, 0x88CC)))
+
+
+# --------------------------------------------------------------------------- the harness
+
+
+class CaptureTap:
+    """A TapBackend that counts and keeps a window of what goes to the guest."""
+
+    closed = False
+
+    def __init__(self, *, offload: bool) -> None:
+        self.offload = offload
+        #: A descriptor for the loop to watch that never becomes readable.
+        self._r, self._w = os.pipe()
+        self.count = 0
+        self.recent: deque[bytes] = deque(maxlen=512)
+        self.gso: deque[bytes] = deque(maxlen=64)
+        self.too_big = 0
+        self.max_len = 0
+
+    def fileno(self) -> int:
+        return self._r
+
+    def read_frames(self) -> list[memoryview]:
+        return []
+
+    def _note(self, frame: Buffer) -> None:
+        n = len(frame)
+        self.count += 1
+        if n > self.max_len:
+            self.max_len = n
+        if n > MAX_FRAME:
+            self.too_big += 1
+
+    def send(self, frame: Buffer) -> None:
+        self._note(frame)
+        self.recent.append(bytes(frame))
+
+    def send_gso(self, frame: Buffer, **_kw: int) -> None:
+        if not self.offload:
+            raise AssertionError("send_gso on a tap without offload")
+        self._note(frame)
+        self.gso.append(bytes(frame))
+
+    def flush(self) -> None:
+        pass
+
+    def pending(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self._r >= 0:
+            os.close(self._r)
+            os.close(self._w)
+            self._r = self._w = -1
+
+
+class Probe:
+    """Stands in for an L4 handler in the context: notes whether a frame hit an existing flow."""
+
+    def __init__(self, inner: Any, kind: str) -> None:
+        self.inner = inner
+        self.kind = kind
+        self.existing = False
+
+    def from_tap(self, af: int, src: bytes, dst: bytes, l4: memoryview, now: float) -> None:
+        flows = self.inner.flows
+        if self.kind == "icmp":
+            hit = len(l4) >= 6 and (af, _U16.unpack_from(l4, 4)[0], bytes(dst)) in flows
+        else:
+            hit = len(l4) >= 4 and (af, bytes(src), *_ports(l4, bytes(dst))) in flows
+        self.existing = hit
+        self.inner.from_tap(af, src, dst, l4, now)
+
+    def tap_reset(self) -> None:
+        self.inner.tap_reset()
+
+
+def _ports(l4: memoryview, dst: bytes) -> tuple[int, bytes, int]:
+    sport, dport = struct.unpack_from("!HH", l4)
+    return sport, dst, dport
+
+
+class Servers:
+    """The test's own TCP sink/echo and UDP echo, on lo of the private namespace, in the same loop."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.listeners: list[socket.socket] = []
+        self.udp: list[socket.socket] = []
+        self.conns: dict[int, socket.socket] = {}
+        for fam, addr in ((socket.AF_INET, SRV4), (socket.AF_INET6, SRV6)):
+            ls = socket.socket(fam, socket.SOCK_STREAM)
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            ls.bind((addr, SINK_PORT))
+            ls.listen(4096)
+            ls.setblocking(False)
+            loop.register(ls.fileno(), 1, lambda _m, _t, s=ls: self._accept(s))
+            self.listeners.append(ls)
+            us = socket.socket(fam, socket.SOCK_DGRAM)
+            us.bind((addr, ECHO_PORT))
+            us.setblocking(False)
+            loop.register(us.fileno(), 1, lambda _m, _t, s=us: self._echo(s))
+            self.udp.append(us)
+
+    def _accept(self, ls: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                return
+            c.setblocking(False)
+            self.conns[c.fileno()] = c
+            self.loop.register(c.fileno(), 1, lambda _m, _t, s=c: self._data(s))
+
+    def _data(self, c: socket.socket) -> None:
+        try:
+            data = c.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(c)
+            return
+        try:
+            c.send(data[:512])  # a little echo, so the guest gets data too
+        except OSError:
+            pass
+
+    def _drop(self, c: socket.socket) -> None:
+        self.loop.unregister(c.fileno())
+        self.conns.pop(c.fileno(), None)
+        c.close()
+
+    def _echo(self, us: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                data, peer = us.recvfrom(65535)
+                us.sendto(data, peer)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        for c in list(self.conns.values()):
+            self._drop(c)
+        for s in self.listeners + self.udp:
+            self.loop.unregister(s.fileno())
+            s.close()
+
+
+class Clock:
+    """time.monotonic with a jump offset (the child process only: timeouts without waiting)."""
+
+    def __init__(self) -> None:
+        self.real = time.monotonic
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return self.real() + self.offset
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _synack_replies(frames: list[bytes], limit: int) -> Iterator[bytes]:
+    """For SYN-ACKs we sent the guest, what a well-behaved guest answers: ACK, data, FIN.
+
+    These become live seeds, so the mutator also aims at real, synchronised flows.
+    """
+    from scapy.compat import raw
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.inet6 import IPv6
+    from scapy.layers.l2 import Ether
+
+    done = 0
+    for f in frames:
+        if done >= limit or len(f) < 54:
+            continue
+        et = (f[12] << 8) | f[13]
+        if et == 0x0800 and f[23] == 6:
+            off = 14 + (f[14] & 0xF) * 4
+        elif et == 0x86DD and f[20] == 6:
+            off = 54
+        else:
+            continue
+        if len(f) < off + 20 or f[off + 13] & 0x12 != 0x12:
+            continue
+        pkt = Ether(f)
+        ip = pkt[IP] if et == 0x0800 else pkt[IPv6]
+        tcp = pkt[TCP]
+        back = Ether(src=pkt.dst, dst=pkt.src) / (
+            IP(src=ip.dst, dst=ip.src) if et == 0x0800 else IPv6(src=ip.dst, dst=ip.src))
+        seq, ack = tcp.ack, (tcp.seq + 1) & 0xFFFFFFFF
+        mk = lambda fl, s, p=b"": raw(back / TCP(sport=tcp.dport, dport=tcp.sport, flags=fl, seq=s,  # noqa: E731
+                                                  ack=ack, window=65535) / p)
+        yield mk("A", seq)
+        yield mk("PA", seq, b"hello over a real flow")
+        yield mk("FA", seq + 22)
+        done += 1
+
+
+def fuzz_body(mode: Mode, count: int, seed: int) -> dict[str, Any]:
+    """The fuzz run itself; must only ever run inside a private network namespace."""
+    import passt.loop as loop_mod
+    from passt import log
+    from passt.runtime import Runtime
+
+    log._quiet = True  # a DHCP line per fuzzed DISCOVER helps nobody here
+    clock = Clock()
+    loop_mod.time.monotonic = clock  # type: ignore[assignment]  # child process only
+    conf = make_config(mode=mode, out_ifname="lo")
+    runtime = Runtime(conf)
+    fds_before = _fd_count()
+    tap = CaptureTap(offload=mode is Mode.PASTA)
+    ctx = runtime.ctx
+    runtime.attach_tap(tap)
+    loop = runtime.loop
+    handlers = {"tcp": runtime.tcp, "udp": runtime.udp, "icmp": runtime.icmp}
+    probes = {k: Probe(h, k) for k, h in handlers.items()}
+    ctx.tcp, ctx.udp, ctx.icmp = probes["tcp"], probes["udp"], probes["icmp"]
+    servers = Servers(loop)
+
+    seeds = build_seeds(unit_addrs())
+    mut = Mutator(seeds, seed)
+    live: list[bytes] = []
+    counters = ctx.counters
+    drops, events = counters.drops, counters.events
+    dispatch = runtime.dispatcher.from_tap
+    unaccounted: list[str] = []
+    silent: dict[str, int] = dict.fromkeys(SILENT_OK, 0)
+    replies_checked = 0
+    rng = random.Random(seed + 1)
+    max_flows = 0
+
+    def flows() -> int:
+        return sum(len(h.flows) for h in handlers.values())  # type: ignore[union-attr]
+
+    start = time.perf_counter()
+    i = 0
+    next_turn, next_jump = TURN_EVERY, JUMP_EVERY
+    while i < count:
+        now = loop.now
+        if rng.random() < 0.02:  # a batch, as the back-ends hand them over
+            batch = [memoryview(mut.frame(live if live and rng.random() < 0.5 else None)) for _ in range(16)]
+            dispatch(batch, now)
+            i += len(batch)
+        else:
+            frame = mut.frame(live if live and rng.random() < 0.25 else None)
+            before = (drops.total(), events.total(), tap.count, flows())
+            for p in probes.values():
+                p.existing = False
+            dispatch([memoryview(frame)], now)
+            if (drops.total(), events.total(), tap.count, flows()) == before:
+                hit = [p.kind for p in probes.values() if p.existing]
+                if hit:
+                    silent[f"{hit[0]} existing flow"] += 1
+                elif len(unaccounted) < 20:
+                    unaccounted.append(frame[:120].hex())
+                else:
+                    unaccounted.append("...")
+            i += 1
+        if i >= next_turn:
+            next_turn = i + TURN_EVERY
+            loop.run_once(0)
+            recent = list(tap.recent)
+            tap.recent.clear()
+            if len(live) < 600:
+                live.extend(_synack_replies(recent, 2))
+                for f in live[-6:]:
+                    dispatch([memoryview(f)], loop.now)
+            elif rng.random() < 0.1:
+                del live[: rng.randrange(len(live))]
+            if mode is Mode.PASST and replies_checked < 300 and recent:
+                for f in recent[:3]:
+                    if f[12:14] == b"\x08\x06":
+                        continue  # ARP: no checksum
+                    assert_checksums(f)
+                    replies_checked += 1
+            max_flows = max(max_flows, flows())
+        if i >= next_jump:
+            next_jump = i + JUMP_EVERY
+            clock.offset += 65.0  # past SYN (10 s), FIN (60 s) and ICMP (60 s) timeouts
+            for _ in range(3):
+                loop.run_once(0)
+    elapsed = time.perf_counter() - start
+
+    # Quiesce: servers gone, then every timeout passes (2 h idle, 180 s UDP, RTO back-off).
+    servers.close()
+    for _ in range(40):
+        clock.offset += 600.0
+        for _ in range(3):
+            loop.run_once(0)
+    flows_after_expiry = {k: len(h.flows) for k, h in handlers.items()}  # type: ignore[union-attr]
+    fds_after_expiry = _fd_count()
+    runtime.detach_tap(loop.now)
+    flows_after_reset = {k: len(h.flows) for k, h in handlers.items()}  # type: ignore[union-attr]
+    return {
+        "frames": i,
+        "elapsed": elapsed,
+        "fps": i / elapsed,
+        "unaccounted": unaccounted,
+        "silent": silent,
+        "replies": tap.count,
+        "too_big": tap.too_big,
+        "max_len": tap.max_len,
+        "replies_checked": replies_checked,
+        "drops": dict(drops.most_common(25)),
+        "events": dict(events.most_common(25)),
+        "max_flows": max_flows,
+        "flows_after_expiry": flows_after_expiry,
+        "flows_after_reset": flows_after_reset,
+        "fds_before": fds_before,
+        "fds_after_expiry": fds_after_expiry,
+        "fds_after_reset": _fd_count(),
+        "established": events["tcp_established"],
+    }
+
+
+def _private_netns() -> None:
+    """Move this (child) process into a new network namespace with lo and the test servers only."""
+    from passt import syscalls
+
+    syscalls.unshare(syscalls.CLONE_NEWNET)
+    for argv in (["ip", "link", "set", "lo", "up"],
+                 ["ip", "addr", "add", f"{SRV4}/32", "dev", "lo"],
+                 ["ip", "-6", "addr", "add", f"{SRV6}/128", "dev", "lo", "nodad"]):  # fmt: skip
+        subprocess.run(argv, check=True, capture_output=True)
+    with open("/proc/sys/net/ipv4/ping_group_range", "w") as f:
+        f.write("0 2147483647")
+    # Belt and braces: no route but the local ones may exist here.
+    routes = subprocess.run(["ip", "route", "show", "table", "main"], capture_output=True, text=True).stdout
+    if routes.strip():
+        raise RuntimeError(f"private namespace has routes: {routes}")
+
+
+def run_isolated(body: Callable[[], dict[str, Any]], timeout: float) -> dict[str, Any]:
+    """Run `body` in a forked child inside a fresh network namespace; its result as a dict."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a private network namespace")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        os.close(r)
+        code = 0
+        try:
+            _private_netns()
+            result: dict[str, Any] = {"ok": True, **body()}
+        except BaseException:
+            result = {"ok": False, "error": traceback.format_exc()}
+            code = 1
+        try:
+            data = json.dumps(result).encode()
+            while data:
+                data = data[os.write(w, data) :]
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"fuzz child did not finish in {timeout} s")
+            ready, _, _ = select.select([r], [], [], left)
+            if ready:
+                chunk = os.read(r, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(r)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+    if not chunks:
+        raise AssertionError("fuzz child died without a report")
+    out: dict[str, Any] = json.loads(b"".join(chunks))
+    return out
+
+
+@pytest.mark.parametrize("mode", [Mode.PASST, Mode.PASTA], ids=["passt", "pasta-offload"])
+@pytest.mark.conformance("hostile.fuzz")
+def test_fuzz_frames_whole_handler(mode: Mode) -> None:
+    """Random and mutated frames through the whole frame handler are dropped and counted, never crash it."""
+    res = run_isolated(lambda: fuzz_body(mode, FUZZ_COUNT, seed=20240 + (mode is Mode.PASTA)),
+                       timeout=max(120.0, FUZZ_COUNT / 2000))  # fmt: skip
+    assert res["ok"], res.get("error")
+    sys.stdout.write(f"\nfuzz {mode.value}: {res['frames']} frames in {res['elapsed']:.1f} s "
+                     f"({res['fps']:.0f}/s), {res['replies']} replies, max flows {res['max_flows']}, "
+                     f"established {res['established']}, silent {res['silent']}\n"
+                     f"  drops {res['drops']}\n  events {res['events']}\n")  # fmt: skip
+    assert res["frames"] >= FUZZ_COUNT
+    assert res["unaccounted"] == [], "frames neither answered, nor counted, nor for a flow"
+    assert res["too_big"] == 0, res["max_len"]
+    # the fuzz reached every layer: services answered, flows opened and got real traffic
+    assert res["replies"] > FUZZ_COUNT // 50
+    assert res["max_flows"] > 0 and res["established"] > 0
+    for reason in ("eth_short", "ipv4_header", "ipv6_header", "tcp_unknown_flow"):
+        assert res["drops"].get(reason, 0) > 0 or FUZZ_COUNT < 5000, (reason, res["drops"])
+    if mode is Mode.PASST:
+        assert res["replies_checked"] > 0
+    # after every timeout: nothing left; after the link reset: the descriptors we started with
+    assert res["flows_after_expiry"] == {"tcp": 0, "udp": 0, "icmp": 0}
+    assert res["flows_after_reset"] == {"tcp": 0, "udp": 0, "icmp": 0}
+    assert res["fds_after_reset"] == res["fds_before"], res
+
+
+def test_fuzz_mutator_is_deterministic_and_fast() -> None:
+    """The same seed gives the same frames; 100,000 mutations take well under the fuzz budget."""
+    seeds = build_seeds(unit_addrs())
+    assert 250 <= len(seeds) <= 1000
+    a, b = Mutator(seeds, 5), Mutator(seeds, 5)
+    assert [a.frame() for _ in range(500)] == [b.frame() for _ in range(500)]
+    start = time.perf_counter()
+    m = Mutator(seeds, 6)
+    sizes = [len(m.frame()) for _ in range(100_000)]
+    elapsed = time.perf_counter() - start
+    assert elapsed < 10.0, elapsed
+    assert min(sizes) == 0 and max(sizes) > MAX_FRAME  # runts and oversized frames both occur

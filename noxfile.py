@@ -54,8 +54,20 @@ def perf(session: nox.Session) -> None:
     session.run("pytest", "-q", "-s", "tests/perf", *session.posargs)
 
 
+#: Full counts for `nox -s fuzz` (the unit and integration sessions use small defaults:
+#: 20,000 frames per mode, 10,000 frames and 20,000-strong floods against the programs).
+FUZZ_ENV = {
+    "PASST_FUZZ_COUNT": "1000000",
+    "PASST_HOSTILE_FUZZ_COUNT": "1000000",
+    "PASST_FLOOD_COUNT": "100000",
+    "PASST_INTEGRITY_MIB": "1024",
+}
+
+
 @nox.session(python=PYTHON)
 def fuzz(session: nox.Session) -> None:
-    """The full fuzzing count through the frame handler."""
+    """The full fuzzing counts: the frame handler (unit), then the running programs (root)."""
     _install(session)
-    session.run("pytest", "-q", "tests/unit", "-k", "fuzz", env={"PASST_FUZZ_COUNT": "1000000"})
+    session.run("pytest", "-q", "tests/unit", "-k", "fuzz", env=FUZZ_ENV)
+    session.run("pytest", "-q", "-s", "tests/integration/test_hostile.py", "-k", "fuzz or flood or storm",
+                *session.posargs, env=FUZZ_ENV)

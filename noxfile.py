@@ -44,7 +44,7 @@ def unit(session: nox.Session) -> None:
 def integration(session: nox.Session) -> None:
     """Real clients in throwaway namespaces and QEMU guests (root)."""
     _install(session)
-    session.run("pytest", "-n", "2", "-q", "tests/integration", *session.posargs)
+    session.run("pytest", "-n", "2", "--dist", "loadgroup", "-q", "tests/integration", *session.posargs)
 
 
 @nox.session(python=PYTHON)

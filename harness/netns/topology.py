@@ -92,8 +92,11 @@ class Topology:
             "peer", "name", WAN_IF, "netns", self.wan)
         _ip("-n", self.wan, "addr", "add", f"{WAN_GW4}/24", "dev", WAN_IF)
         _ip("-n", self.wan, "addr", "add", f"{WAN_GW6}/64", "dev", WAN_IF, "nodad")
-        for addr in (f"{WAN_ADDR4}/32", f"{DNS_ADDR4}/32", f"{WAN_ADDR6}/128", f"{DNS_ADDR6}/128"):
+        for addr in (f"{WAN_ADDR4}/32", f"{DNS_ADDR4}/32"):
             _ip("-n", self.wan, "addr", "add", addr, "dev", "lo")
+        for addr in (f"{WAN_ADDR6}/128", f"{DNS_ADDR6}/128"):
+            # nodad: a tentative address can't be a route's preferred source
+            _ip("-n", self.wan, "addr", "add", addr, "dev", "lo", "nodad")
         _ip("-n", self.host, "addr", "add", f"{HOST_ADDR4}/24", "dev", HOST_IF)
         _ip("-n", self.host, "addr", "add", f"{HOST_ADDR6}/64", "dev", HOST_IF, "nodad")
         _ip("-n", self.wan, "link", "set", WAN_IF, "up")

@@ -56,6 +56,9 @@ RSS_SLACK_KIB: Final = 64 << 10
 FD_SLACK: Final = 8
 
 _LEN: Final = struct.Struct(">I")
+#: Frame lengths passt's socket accepts (an Ethernet header .. 65535 + 14).
+MIN_OK: Final = 14
+MAX_OK: Final = 65535 + 14
 
 #: WAN's servers: TCP echo, TCP sink (accept, read, discard) and UDP echo, in one
 #: selectors loop so a flood of connections costs descriptors, not processes.
@@ -103,7 +106,7 @@ while True:
                     s.sendall(d)
                 except OSError:
                     pass
-""" % {"echo": ECHO_PORT, "sink": SINK_PORT, "udp": UDP_ECHO_PORT}
+""" % {"echo": ECHO_PORT, "sink": SINK_PORT, "udp": UDP_ECHO_PORT}  # noqa: UP031 (the script has braces)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -160,7 +163,7 @@ class PasstProc:
         self.log = Path(sock + ".log")
         self._log = self.log.open("wb")
         self.proc = topo.popen(topo.host, [passt_bin, "-f", "-s", sock, *args], stdout=subprocess.DEVNULL,
-                               stderr=self._log)  # fmt: skip
+                               stderr=self._log.fileno())  # fmt: skip
         self.sock = sock
         _wait(lambda: _accepts(sock), what="passt accepts")
         # `ip netns exec` execs passt: the Popen pid is passt itself
@@ -262,7 +265,7 @@ def is_offer(xid: int) -> Callable[[bytes], bool]:
         pkt = Ether(frame)
         if not pkt.haslayer(DHCP) or pkt[BOOTP].xid != xid:
             return False
-        opts = dict(o for o in pkt[DHCP].options if isinstance(o, tuple))
+        opts: dict[Any, Any] = dict(o for o in pkt[DHCP].options if isinstance(o, tuple))
         return bool(opts.get("message-type") == 2)
 
     return pred
@@ -417,7 +420,7 @@ def test_passt_socket_fuzz_then_serves(passt: PasstProc) -> None:
         assert dhcp_works(g) == HOST_ADDR4
 
 
-PASTA_FUZZER: Final = r"""
+PASTA_FUZZER = r"""
 import json, os, random, socket, sys, time
 from tests.unit.test_fuzz_frames import Addrs, MAX_FRAME, Mutator, build_seeds
 ifname, count, tmp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -487,7 +490,8 @@ print(json.dumps({"sent": sent, "errors": errors, "elapsed": elapsed, "offer": o
 sys.stdout.flush()
 open(os.path.join(tmp, "done"), "w").close()
 wait_file("finish")
-""" % {"our": HOST_MAC, "g4": HOST_ADDR4, "gw4": WAN_GW4, "srv4": WAN_ADDR4, "un4": SILENT4, "gw6": WAN_GW6,
+"""
+PASTA_FUZZER = PASTA_FUZZER % {"our": HOST_MAC, "g4": HOST_ADDR4, "gw4": WAN_GW4, "srv4": WAN_ADDR4, "un4": SILENT4, "gw6": WAN_GW6,
        "srv6": WAN_ADDR6, "sink": SINK_PORT, "uecho": UDP_ECHO_PORT, "echo": ECHO_PORT}
 
 
@@ -556,8 +560,8 @@ def test_stream_framing_abuse_then_next_guest(passt: PasstProc, abuse: bytes) ->
     assert passt.alive()
     with StreamGuest(passt.sock) as g:
         assert dhcp_works(g) == HOST_ADDR4
-    if abuse[:4] == _LEN.pack(0):
-        assert re.search(r"length|framing", passt.text()), passt.text()
+    bad_length = len(abuse) >= 4 and not MIN_OK <= _LEN.unpack_from(abuse)[0] <= MAX_OK
+    assert bool(re.search(r"frame length of \d+ .*framing lost", passt.text())) == bad_length, passt.text()
 
 
 @pytest.mark.conformance("hostile.stream-framing")
@@ -588,29 +592,31 @@ def test_guest_that_never_reads(passt: PasstProc) -> None:
     g = StreamGuest(passt.sock)
     g.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     g.sock.setblocking(False)
-    chunk = frame * 1000
-    sent = 0
+    pending = memoryview(frame * 1000)
+    sent_bytes = 0
     start = time.monotonic()
     stalls = 0
-    while sent < 300_000 and time.monotonic() - start < 30:
+    while sent_bytes < 300_000 * len(frame) and time.monotonic() - start < 30:
         try:
-            n = g.sock.send(chunk)
+            n = g.sock.send(pending)  # a partial write continues where it stopped: framing intact
         except BlockingIOError:
             stalls += 1
             if stalls > 200:
-                break  # passt stopped reading us: it is applying back-pressure, fine
+                break  # passt stopped reading us: back-pressure, fine
             time.sleep(0.01)
             continue
         except OSError:
             break  # passt gave up on us: also fine, as long as it serves the next guest
-        sent += n // len(frame)
+        sent_bytes += n
+        pending = pending[n:] if n < len(pending) else memoryview(frame * 1000)
+    sent = sent_bytes // len(frame)
     rss_peak = rss_kib(passt.pid)
     assert passt.alive()
     g.close()
     with StreamGuest(passt.sock) as g2:
         assert dhcp_works(g2, timeout=10) == HOST_ADDR4
     print(f"\nnever-reading guest: {sent} ARP requests sent in {time.monotonic() - start:.1f} s; "
-          f"RSS {rss0} -> peak {rss_peak} KiB; drops logged: {'queue' in passt.text()}")
+          f"RSS {rss0} -> peak {rss_peak} KiB")
     # the out queue is bounded (16 MiB): memory stays bounded too
     assert rss_peak <= rss0 + (16 << 10) + RSS_SLACK_KIB
     _wait(lambda: fd_count(passt.pid) <= fds0 + FD_SLACK, 5, "fds back")
@@ -692,13 +698,13 @@ def test_syn_flood_distinct_destinations(passt: PasstProc) -> None:
 
 @pytest.mark.conformance("hostile.floods")
 def test_udp_flow_flood(passt: PasstProc) -> None:
-    """New UDP flows by the thousand: bounded memory and descriptors; DHCP and UDP echo still work."""
+    """New UDP flows by the thousand: bounded memory and descriptors; DHCP and a new UDP flow still work."""
     from scapy.compat import raw
     from scapy.layers.inet import IP, UDP
     from scapy.layers.l2 import Ether
 
     fds0, rss0 = _idle(passt)
-    limit = int(Path("/proc/%d/limits" % passt.pid).read_text().split("Max open files")[1].split()[0])
+    limit = int(Path(f"/proc/{passt.pid}/limits").read_text().split("Max open files")[1].split()[0])
     with StreamGuest(passt.sock) as g:
         dhcp_works(g)
         tpl = raw(Ether(src=GUEST_MAC, dst=g.our_mac) / IP(src=HOST_ADDR4, dst=WAN_ADDR4)
@@ -716,6 +722,9 @@ def test_udp_flow_flood(passt: PasstProc) -> None:
         # a fresh flow to the echo server: answered, unless the flood took every descriptor
         probe = raw(Ether(src=GUEST_MAC, dst=g.our_mac) / IP(src=HOST_ADDR4, dst=WAN_ADDR4)
                     / UDP(sport=65000, dport=UDP_ECHO_PORT) / b"echo me")  # fmt: skip
+        # flows that never got a reply are recycled for new ones after 1 s idle (udp.py)
+        time.sleep(1.2)
+        g.drain()
         g.send(probe)
         answered = True
         try:
@@ -725,7 +734,7 @@ def test_udp_flow_flood(passt: PasstProc) -> None:
     print(f"\nUDP flood: {n} datagrams in {elapsed:.1f} s ({n / elapsed:.0f}/s); fds {fds0} -> peak {peak_fds} "
           f"(limit {limit}); RSS {rss0} -> peak {peak_rss} KiB; fresh flow answered: {answered}")
     assert peak_fds <= limit
-    assert answered or peak_fds >= limit - 16
+    assert answered
     assert peak_rss <= rss0 + (256 << 10)
     # the guest left: every flow and descriptor is recycled
     _wait(lambda: fd_count(passt.pid) <= fds0 + FD_SLACK, 20, "flows recycled")
@@ -739,17 +748,18 @@ def test_forwarded_connection_storm(wan: Topology, passt_bin: str, tmp_path: Pat
     storm = max(200, FLOOD_COUNT // 10)
     script = (
         "import socket, sys, time\n"
+        f"host = '{HOST_ADDR4}'\n"
         "n = int(sys.argv[1]); ok = 0; socks = []\n"
         "start = time.monotonic()\n"
         "for i in range(n):\n"
         "    s = socket.socket(); s.setblocking(False)\n"
-        "    s.connect_ex(('%s', 8080)); socks.append(s)\n"
+        "    s.connect_ex((host, 8080)); socks.append(s)\n"
         "    if len(socks) >= 500:\n"
         "        time.sleep(0.05)\n"
         "        for s in socks: s.close()\n"
         "        socks = []\n"
         "for s in socks: s.close()\n"
-        "print(time.monotonic() - start)\n" % HOST_ADDR4
+        "print(time.monotonic() - start)\n"
     )
     with StreamGuest(p.sock) as g:
         dhcp_works(g)
@@ -807,6 +817,14 @@ def _sleep_pid(holder: subprocess.Popen[bytes]) -> int:
     raise TimeoutError("unshare -rUn sleep did not start")
 
 
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie waiting for its parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def _readlink(path: str) -> str:
     try:
         return os.readlink(path)
@@ -853,9 +871,7 @@ def test_pasta_namespace_owner_dies(topo: Topology, pasta_bin: str) -> None:
         assert rc == 0, err.decode()
         lines = [ln for ln in err.decode().splitlines() if str(pid) in ln]
         assert lines and re.search(r"exit|gone", lines[-1]), err.decode()
-        for h in helpers:
-            _wait(lambda h=h: not Path(f"/proc/{h}").exists() or "Z" in Path(f"/proc/{h}/stat").read_text().split()[2],
-                  5, f"helper {h} gone")  # fmt: skip
+        _wait(lambda: all(_gone(h) for h in helpers), 5, f"helpers {helpers} gone")
         links = subprocess.run(["ip", "-n", name, "-o", "link"], capture_output=True, text=True).stdout
         assert HOST_IF not in links, links
         assert subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.strip() == ""

@@ -58,6 +58,7 @@ def sock(tmp_path: Path) -> Iterator[str]:
     yield path
 
 
+@pytest.mark.xdist_group("default-socket")
 @pytest.mark.conformance("passt.socket-probe")
 def test_socket_probe_takes_first_free(topo: Topology, passt_bin: str) -> None:
     """Without -s, passt binds the first of /tmp/passt_1..64.socket nobody accepts on; a second passt takes another."""
@@ -109,15 +110,19 @@ def test_stream_guest_gets_lease_and_pcap_shows_frames(topo: Topology, passt_bin
     assert dict(o for o in dhcp[0][DHCP].options if isinstance(o, tuple))["message-type"] == 1
 
 
-@pytest.mark.conformance("passt.qrap", "example.passt.qrap")
-def test_qrap_connects_old_style_qemu(topo: Topology, passt_bin: str, qrap_bin: str, sock: str) -> None:
-    """`qrap 5 qemu-system-x86_64 ... -net socket,fd=5 -net nic,model=virtio` connects the guest to passt."""
-    Passt(topo, passt_bin, sock)
-    net = ["-net", "socket,fd=5", "-net", f"nic,model=virtio,macaddr={GUEST_MAC}"]
-    env_prefix = ["env", f"PASST_SOCKET={sock}", qrap_bin, "5"]
-    with QemuGuest(net_args=net, qemu_argv_prefix=env_prefix) as guest:
-        out = guest.check(f"{UDHCPC} 2>&1; ip -o -4 addr show dev eth0", timeout=60)
-    assert f"inet {HOST_ADDR4}/24" in out, out
+@pytest.mark.xdist_group("default-socket")
+@pytest.mark.conformance("passt.qrap", "example.passt.qrap", "passt.socket-probe")
+def test_qrap_connects_old_style_qemu(topo: Topology, passt_bin: str, qrap_bin: str) -> None:
+    """`qrap 5 qemu-system-x86_64 ... -net socket,fd=5 -net nic,model=virtio` finds passt's default socket."""
+    proc = topo.popen(topo.host, [passt_bin, "-f"], stdout=subprocess.PIPE)
+    try:
+        _read_bound(proc)
+        net = ["-net", "socket,fd=5", "-net", f"nic,model=virtio,macaddr={GUEST_MAC}"]
+        with QemuGuest(net_args=net, qemu_argv_prefix=[qrap_bin, "5"]) as guest:
+            out = guest.check(f"{UDHCPC} 2>&1; ip -o -4 addr show dev eth0", timeout=60)
+        assert f"inet {HOST_ADDR4}/24" in out, out
+    finally:
+        proc.terminate()
 
 
 @pytest.mark.conformance("passt.reconnect")

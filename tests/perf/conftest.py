@@ -62,7 +62,7 @@ RR_SECONDS: Final = float(os.environ.get("PASST_PERF_RR_SECONDS", str(min(SECOND
 """Duration of one TCP_RR / TCP_CRR run."""
 MIN_RATIO: Final = float(os.environ.get("PASST_PERF_MIN_RATIO", "0.02"))
 """The gate: ours below this fraction of the direct ceiling is a collapse."""
-C_PEER_RATIO: Final = 0.5
+C_PEER_RATIO: Final = 0.25
 """Below MIN_RATIO of direct, ours still passes if it reaches this fraction of C pasta's median on
 the same path in the same run: then the path is slow on this machine for both."""
 OUT: Final = Path(os.environ.get("PASST_PERF_OUT", str(REPO / "perf-results")))

@@ -87,11 +87,11 @@ def _iperf_loopback(*args: str) -> str:
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 not installed")
 def test_parse_iperf3_reads_real_tcp_and_udp_reports() -> None:
     """The parser reads iperf3's own JSON: TCP rate, retransmits, intervals; UDP rate and loss."""
-    tcp = parse_iperf3(_iperf_loopback("-t", "2", "-i", "0.5"))
+    tcp = parse_iperf3(_iperf_loopback("-t", "3", "-i", "1"))
     assert tcp.error is None
     assert tcp.bps > 1e8 and tcp.sent_bps > 1e8
     assert isinstance(tcp.retransmits, int) and tcp.lost_percent is None
-    assert len(tcp.intervals_bps) >= 3 and tcp.zero_intervals == 0
+    assert len(tcp.intervals_bps) >= 2 and tcp.zero_intervals == 0
     udp = parse_iperf3(_iperf_loopback("-u", "-b", "20M", "-l", "1400", "-t", "1"))
     assert udp.error is None and udp.retransmits is None
     assert udp.lost_percent is not None and 0 <= udp.lost_percent <= 100

@@ -427,7 +427,7 @@ def test_partial_send_acks_only_accepted_and_nudges_retransmit() -> None:
         release.wait(20)
         results.append(sink_script(conn))
 
-    ctx, tap, h = make_handler(socket_factory=SmallSndbufSocket)
+    ctx, tap, h = make_handler(socket_factory=SmallSndbufSocket, sndbuf=0)
     srv = Server(4, script, rcvbuf=4096)
     blob = os.urandom(300_000)
     try:

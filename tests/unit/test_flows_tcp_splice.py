@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import hashlib
 import os
 import socket
@@ -42,6 +43,8 @@ LO: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 
 
 def open_fds() -> int:
+    """Descriptors open in this process (after collecting other tests' garbage)."""
+    gc.collect()
     return len(os.listdir("/proc/self/fd"))
 
 

@@ -27,7 +27,12 @@ tap queues frames until the deferred flush.  Checksums of guest datagrams
 are not verified: a tap with offloads hands them over partial.
 
 Limits: idle flows expire after UDP_TIMEOUT_S (180 s, as upstream) on one
-periodic timer; at most UDP_BATCH datagrams are read per readiness event so
+periodic timer; under pressure (the table full, or socket() failing with
+EMFILE/ENFILE because a guest opened flows by the thousand) a new outbound
+flow takes the place of the oldest outbound flow that never got a reply and
+was idle UDP_EVICT_UNANSWERED_S, or was idle UDP_EVICT_IDLE_S whatever it got
+(`_evict`, at most UDP_EVICT_SCAN candidates looked at per new flow), so a
+flooding guest cannot lock itself out of new flows (DNS!) for 180 s; at most UDP_BATCH datagrams are read per readiness event so
 one busy socket cannot starve the loop; datagrams that would not fit the tap
 MTU are dropped and counted; the table is bounded (full: drop and count).
 Guest traffic to multicast/broadcast/unspecified destinations is dropped,
@@ -45,6 +50,7 @@ import errno
 import logging
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable, Set
 from typing import Final
 
@@ -62,6 +68,12 @@ UDP_TIMEOUT_S: Final = 180.0
 UDP_TIMER_INTERVAL_S: Final = 10.0
 #: Datagrams read per readiness event before yielding to the loop.
 UDP_BATCH: Final = 64
+#: Under pressure, an outbound flow that never got a reply may be recycled after this idle time...
+UDP_EVICT_UNANSWERED_S: Final = 1.0
+#: ...and any outbound flow after this one (both far below UDP_TIMEOUT_S).
+UDP_EVICT_IDLE_S: Final = 30.0
+#: Eviction candidates examined per new flow: bounds the work one datagram can cause.
+UDP_EVICT_SCAN: Final = 32
 
 PROTO_UDP: Final = 17
 ETH_HLEN: Final = 14
@@ -190,7 +202,7 @@ class UdpFlow:
 
     __slots__ = (
         "key", "af", "guest_addr", "guest_port", "peer_addr", "peer_port", "sock",
-        "inbound", "host_peer", "cmsg", "last", "ip4_sum", "psum",
+        "inbound", "host_peer", "cmsg", "last", "ip4_sum", "psum", "replied",
     )  # fmt: skip
 
     def __init__(
@@ -220,6 +232,8 @@ class UdpFlow:
         #: inbound only: PKTINFO ancillary data so replies leave from the address P used.
         self.cmsg = cmsg or []
         self.last = now
+        #: A datagram came back on this flow (eviction prefers flows that never got one).
+        self.replied = False
         self.ip4_sum = ip4_fixed_sum(paddr, gaddr, PROTO_UDP) if af == 4 else 0
         if af == 4:
             self.psum = pseudo_sum4(paddr, gaddr, PROTO_UDP, 0)
@@ -260,6 +274,8 @@ class UdpHandler:
         room = max(self._room4, self._room6)
         self._rx = self._mv[PAYLOAD_OFF : PAYLOAD_OFF + room]
         self._rx_list = [self._rx]
+        #: Outbound flow keys, oldest first, for `_evict` (may hold stale keys; compacted).
+        self._order: deque[tuple[int, bytes, int, bytes, int]] = deque()
 
     # guest -> host ---------------------------------------------------------
     def from_tap(self, af: int, src: bytes, dst: bytes, l4: memoryview, now: float) -> None:
@@ -310,14 +326,20 @@ class UdpHandler:
         if not self.loopback_dst and nat.is_loopback(af, dst):
             counters.drop("udp_dst_loopback")
             return None
-        if len(self.flows) >= self.flows.capacity:
+        if len(self.flows) >= self.flows.capacity and not self._evict(now):
             counters.drop("udp_flow_table_full")
             return None
         try:
             sock = self._socket(SOCK_FAMILY[af], socket.SOCK_DGRAM, 0)
-        except OSError:
-            counters.drop("udp_socket_error")
-            return None
+        except OSError as e:
+            if e.errno not in (errno.EMFILE, errno.ENFILE) or not self._evict(now):
+                counters.drop("udp_socket_error")
+                return None
+            try:
+                sock = self._socket(SOCK_FAMILY[af], socket.SOCK_DGRAM, 0)
+            except OSError:
+                counters.drop("udp_socket_error")
+                return None
         try:
             sock.setblocking(False)
             sock.connect(sockaddr_of(af, dst, dport, link_scope(self.ctx, af, dst)))
@@ -327,6 +349,11 @@ class UdpHandler:
             return None
         flow = UdpFlow(key, sock, inbound=False, now=now)
         self.flows.add(key, flow)
+        order = self._order
+        order.append(key)
+        if len(order) > 2 * len(self.flows) + 64:
+            flows = self.flows
+            self._order = deque(dict.fromkeys(k for k in order if k in flows))
         self.ctx.loop.register(sock.fileno(), EVENT_READ, lambda _m, t: self._sock_ready(flow, t))
         counters.event("udp_flow_out")
         self._arm(now)
@@ -351,6 +378,7 @@ class UdpHandler:
                 counters.drop("udp_too_big")
                 continue
             flow.last = now
+            flow.replied = True
             self._to_tap(flow, n)
 
     def listen_ready(self, sock: socket.socket, target_port: int, now: float) -> None:
@@ -459,6 +487,28 @@ class UdpHandler:
         if len(self.flows):
             self._arm(now)
 
+    def _evict(self, now: float) -> bool:
+        """Recycle one idle outbound flow for a new one; False when none qualifies.
+
+        Looks at no more than UDP_EVICT_SCAN of the oldest outbound flows;
+        those still in use go to the back of the line.
+        """
+        order = self._order
+        flows = self.flows
+        unanswered = now - UDP_EVICT_UNANSWERED_S
+        idle = now - UDP_EVICT_IDLE_S
+        for _ in range(min(len(order), UDP_EVICT_SCAN)):
+            key = order.popleft()
+            flow = flows.get(key)
+            if flow is None or flow.inbound:
+                continue  # closed already (stale key), or not ours to recycle
+            if flow.last <= idle or (not flow.replied and flow.last <= unanswered):
+                self._close(flow)
+                self.ctx.counters.event("udp_flow_evicted")
+                return True
+            order.append(key)
+        return False
+
     def expire(self, now: float) -> int:
         """Close flows idle for longer than the timeout; returns how many."""
         limit = now - self.timeout_s
@@ -485,6 +535,7 @@ class UdpHandler:
         """The guest went away: close every flow (listeners stay with fwd.py)."""
         for flow in self.flows.values():
             self._close(flow)
+        self._order.clear()
         if self._timer is not None:
             self.ctx.loop.cancel(self._timer)
             self._timer = None

@@ -8,7 +8,8 @@ available; every complete frame is handed out as a memoryview slice; a partial
 trailing frame is moved to the front at the next read (when the views handed
 out before are dead).  A length of 0 or above
 `MAX_FRAME` means the framing is lost: nothing after it can be trusted, so the
-link is reset (passt does the same) and the guest may reconnect.
+link is reset (passt does the same), with one warning in the log, and the
+guest may reconnect.
 
 Writing: frames queue as (length header, frame) pairs and leave in one
 `sendmsg` per flush (IOV_MAX buffers at a time).  A short write keeps the
@@ -25,6 +26,7 @@ import struct
 import time
 from typing import Final
 
+from passt import log
 from passt.counters import Counters
 from passt.tap.base import Buffer
 from passt.tap.pcap import Pcap
@@ -98,6 +100,9 @@ class StreamTap:
         while end - off >= 4:
             (length,) = unpack(view, off)
             if length < MIN_FRAME or length > MAX_FRAME:
+                # once per connection: the link is reset right after
+                log.warn(f"guest sent a frame length of {length} (valid: {MIN_FRAME}-{MAX_FRAME}): "
+                         "framing lost, resetting the link")
                 self.counters.drop("stream_bad_length")
                 self._closed = True
                 return frames

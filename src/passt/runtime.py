@@ -114,8 +114,8 @@ class Runtime:
         assert ns is not None
         ctx, conf, host_fwd = self.ctx, self.conf, self.forwarder
         if self.tcp is not None:
-            # TcpHandler has no public "take this accepted socket" yet: see the report.
-            self.splice_in = SpliceHandler(ctx, target_socket=ns.socket, fallback=self.tcp._accepted,
+            # non-loopback peers of -t keep going through the tap
+            self.splice_in = SpliceHandler(ctx, target_socket=ns.socket, fallback=self.tcp.accept_socket,
                                            name="tcp_splice_in")  # fmt: skip
             host_fwd.tcp = self.splice_in
         if self.udp is not None:

@@ -169,3 +169,55 @@ def test_auto_forwards_port_bound_later(topo: Topology, pasta_bin: str) -> None:
     topo.wait_listening(topo.host, 7777, timeout=15)
     res = topo.run(topo.wan, ["socat", "-t", "2", "-", f"TCP:{HOST_ADDR4}:7777"], input="", timeout=20)
     assert res.stdout.strip() == "auto", res.stderr
+
+
+CONNECT_SCRIPT = r"""
+import socket, sys, time, pathlib
+addr, port, ready, done, stop = sys.argv[1], int(sys.argv[2]), *map(pathlib.Path, sys.argv[3:6])
+ready.touch()
+while not pathlib.Path(str(ready) + ".go").exists():
+    time.sleep(0.01)
+fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+for i in range(1000):
+    with socket.create_connection((addr, port), timeout=10) as s:
+        s.sendall(b"x%d\n" % i)
+        assert s.recv(64) == b"x%d\n" % i
+socks = [socket.create_connection((addr, port), timeout=10) for _ in range(200)]
+for i, s in enumerate(socks):
+    s.sendall(b"y%d\n" % i)
+for i, s in enumerate(socks):
+    assert s.recv(64) == b"y%d\n" % i
+    s.close()
+done.touch()
+while not stop.exists():
+    time.sleep(0.05)
+"""
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@pytest.mark.parametrize("addr", [WAN_ADDR4, WAN_ADDR6], ids=["ipv4", "ipv6"])
+@pytest.mark.conformance("tcp.flow-table-bounded")
+def test_1000_sequential_and_200_concurrent_connections(topo: Topology, pasta_bin: str, tmp_path: Path,
+                                                        addr: str) -> None:
+    """1,000 short connections in a row and 200 at once complete; pasta's descriptors return to idle."""
+    topo.start_echo(port=7001)
+    script = tmp_path / "conn.py"
+    script.write_text(CONNECT_SCRIPT)
+    ready, done, stop = tmp_path / "ready", tmp_path / "done", tmp_path / "stop"
+    proc = topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "-t", "none", "-u", "none", "--",
+                                  "python3", str(script), addr, "7001", str(ready), str(done), str(stop)])
+    try:
+        _wait_file(ready)
+        idle = _fds(proc.pid)
+        Path(str(ready) + ".go").touch()
+        _wait_file(done, timeout=120)
+        deadline = time.monotonic() + 20
+        while _fds(proc.pid) > idle and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _fds(proc.pid) <= idle, f"{_fds(proc.pid)} descriptors open, {idle} when idle"
+    finally:
+        stop.touch()
+    assert proc.wait(30) == 0

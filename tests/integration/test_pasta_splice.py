@@ -26,6 +26,9 @@ from scapy.utils import rdpcap
 from harness.netns import HOST_ADDR4, WAN_ADDR4, Topology
 
 BLOB_MIB = 64
+#: Namespace scripts start servers in the background as $srv: stop them when the script ends,
+#: or they outlive pasta (the namespace lives on with them) and keep running.
+KILL_ON_EXIT = "trap 'kill $srv 2>/dev/null' EXIT; "
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +92,7 @@ def test_t_loopback_client_spliced_64mib(
     pcap, log, ready, done = tmp_path / "tap.pcap", tmp_path / "log", tmp_path / "ready", tmp_path / "done"
     script = (
         f"socat -u TCP6-LISTEN:5203,ipv6only=0,reuseaddr,fork "
-        f"SYSTEM:'(echo $SOCAT_PEERADDR; sha256sum) >> {log}' & "
+        f"SYSTEM:'(echo $SOCAT_PEERADDR; sha256sum) >> {log}' & srv=$!; {KILL_ON_EXIT}"
         f"{ns_wait_listen(5203)}; touch {ready}; "
         f"while [ ! -e {done} ]; do sleep 0.05; done"
     )
@@ -209,7 +212,7 @@ def test_udp_loopback_echo_both_ways(topo: Topology, pasta_bin: str, tmp_path: P
     topo.popen(topo.host, ["sh", "-c", f"exec socat UDP4-RECVFROM:5354,bind=127.0.0.1,fork {echo}"])
     topo.wait_listening(topo.host, 5354, udp=True)
     script = (
-        f"socat UDP4-RECVFROM:5353,bind=127.0.0.1,fork {echo} & "
+        f"socat UDP4-RECVFROM:5353,bind=127.0.0.1,fork {echo} & srv=$!; {KILL_ON_EXIT}"
         f"{ns_wait_listen(5353, udp=True)}; {ns_wait_listen(5354, udp=True)}; "
         f"echo from-ns | socat -T 2 - UDP:127.0.0.1:5354 > {out}; touch {ready}; "
         f"while [ ! -e {done} ]; do sleep 0.05; done"

@@ -321,6 +321,8 @@ class TcpHandler:
         self._our_mss4 = max(64, min(65535, conf.tap_mtu - 40))
         self._our_mss6 = max(64, min(65535, conf.tap_mtu - 60))
         self._enabled = conf.tcp
+        import signal as _sig  # DEBUG-TMP
+        _sig.signal(_sig.SIGUSR2, lambda *_: open("/tmp/tp/counters.txt", "w").write(repr(dict(ctx.counters.events)) + "\n" + repr(dict(ctx.counters.drops)) + "\n"))  # DEBUG-TMP
 
     # public ----------------------------------------------------------------
     def flow_count(self) -> int:

@@ -6,6 +6,8 @@ and asserts what the client configured, as `ip` shows it.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from harness.netns import HOST_ADDR4, HOST_ADDR6, WAN_GW4, Topology
@@ -107,3 +109,34 @@ def test_kernel_slaac_takes_prefix_and_default_route(topo: Topology, pasta_bin: 
     assert "proto ra" in res.stdout
     slaac = [line for line in res.stdout.splitlines() if "inet6 fd77::" in line and "/64" in line and "dynamic" in line]
     assert slaac, res.stdout
+
+
+@pytest.mark.conformance("example.pasta.ip-address", "example.pasta.udhcpc", "example.pasta.dhclient6")
+def test_man_page_example_sequence(topo: Topology, pasta_bin: str, tmp_path) -> None:
+    """The EXAMPLES session: udhcpc, dhclient -6, then `ip address show` and the routes look like the man page."""
+    hook = tmp_path / "udhcpc.sh"
+    hook.write_text(UDHCPC_SCRIPT)
+    hook.chmod(0o755)
+    script = (
+        f"for i in $(seq 100); do ip -6 addr show dev {HOST_IF} scope link | grep -q tentative || break; sleep 0.05; done; "
+        f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} >/dev/null 2>&1; "
+        f"dhclient -6 -1 -lf {tmp_path}/l6 -pf {tmp_path}/p6 -sf /sbin/dhclient-script {HOST_IF} >/dev/null 2>&1; "
+        f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+        f"kill $(cat {tmp_path}/p6) 2>/dev/null; "
+        "echo ADDR; ip address show; echo ROUTE4; ip route show; echo ROUTE6; ip -6 route show"
+    )
+    res = _in_pasta(topo, pasta_bin, [], script)
+    assert res.returncode == 0, res.stdout + res.stderr
+    addr, rest = res.stdout.split("ADDR", 1)[1].split("ROUTE4")
+    route4, route6 = rest.split("ROUTE6")
+    assert "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536" in addr
+    assert f"2: {HOST_IF}: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 65520" in addr
+    assert f"inet {HOST_ADDR4}/24 " in addr
+    assert f"inet6 {HOST_ADDR6}/128 scope global" in addr          # DHCPv6
+    assert "scope global dynamic mngtmpaddr" in addr               # SLAAC in the RA's /64
+    assert "scope link" in addr                                    # link-local
+    assert f"default via {WAN_GW4} dev {HOST_IF}" in route4
+    assert f"10.77.0.0/24 dev {HOST_IF} proto kernel scope link src {HOST_ADDR4}" in route4
+    assert f"{HOST_ADDR6} dev {HOST_IF} proto kernel" in route6
+    assert f"fd77::/64 dev {HOST_IF} proto kernel" in route6
+    assert "default via fe80::" in route6 and "proto ra" in route6

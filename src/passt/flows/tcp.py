@@ -120,6 +120,8 @@ SK_MEMINFO_WMEM_QUEUED: Final = 5
 #: Payload per truesize byte assumed before the queue tells us (small skbs cost ~2x).
 TRUESIZE_RATIO_DEFAULT: Final = 0.5
 TRUESIZE_RATIO_MIN: Final = 0.25
+#: Never assume better than this: skb overhead plus the kernel's own rounding.
+TRUESIZE_RATIO_MAX: Final = 0.9
 
 #: RFC 9293 section 3.7.1 / RFC 8200 section 5 defaults when the guest sends no MSS.
 MSS_DEFAULT4: Final = 536
@@ -196,7 +198,7 @@ class TcpConn:
         "isn", "sent", "acked", "snd_max", "fin_off", "to_drop",
         "wnd_from_guest", "wnd_raw_from_guest", "ws_from_guest", "mss", "dup_acks",
         "g_isn", "rcvd", "ack_off", "ack_sent", "wnd_raw", "wnd_sent", "ws_to_guest",
-        "acked_base", "no_tcpinfo", "peek_off",
+        "acked_base", "no_tcpinfo", "peek_off", "truesize_ratio",
         "sock_pending", "rdhup", "need_ack", "nudge", "sndbuf_full", "ack_all", "info_due",
         "retransmit", "dirty", "in_poll",
         "timer", "timer_cb", "rto", "retries", "rto_deadline", "syn_deadline",
@@ -244,6 +246,8 @@ class TcpConn:
         self.no_tcpinfo = False
         #: SO_PEEK_OFF works on this socket.
         self.peek_off = True
+        #: Payload bytes per byte of send-buffer truesize, as last measured.
+        self.truesize_ratio = TRUESIZE_RATIO_DEFAULT
         #: The socket may hold data not peeked yet (edge-triggered readiness seen).
         self.sock_pending = False
         #: The peer closed or reset: a short peek means end of stream.
@@ -885,7 +889,7 @@ class TcpHandler:
             if conn.closed:
                 return
         ack = conn.ack_num()
-        if conn.need_ack or conn.nudge or ack != conn.ack_sent or conn.wnd_raw != conn.wnd_sent:
+        if conn.need_ack or conn.nudge or ack != conn.ack_sent or _window_news(conn):
             copies = 1
             if conn.nudge:
                 copies = DUP_ACK_THRESHOLD + (0 if ack == conn.ack_sent else 1)
@@ -1004,8 +1008,12 @@ class TcpHandler:
         values = _MEMINFO.unpack(meminfo)
         sndbuf: int = values[SK_MEMINFO_SNDBUF]
         queued: int = values[SK_MEMINFO_WMEM_QUEUED]
-        ratio = outq / queued if queued > 0 and outq > 0 else TRUESIZE_RATIO_DEFAULT
-        ratio = min(1.0, max(TRUESIZE_RATIO_MIN, ratio))
+        if queued > 0 and outq > 0:
+            # Remember the last measurement: an empty queue says nothing, and
+            # falling back to the default would make the window jump around.
+            ratio = conn.truesize_ratio = min(TRUESIZE_RATIO_MAX, max(TRUESIZE_RATIO_MIN, outq / queued))
+        else:
+            ratio = conn.truesize_ratio
         free = sndbuf - queued
         if free * 2 < queued:
             self._poll_out.register(conn.fd, select.POLLOUT)
@@ -1322,6 +1330,26 @@ class TcpHandler:
             return socket.if_nametoindex(self.ctx.conf.out_ifname)
         except OSError:
             return 0
+
+
+def _window_news(conn: TcpConn) -> bool:
+    """Is a window change alone (same ACK number) worth a pure ACK?
+
+    Only a window that closes to zero, reopens, or grows by at least a
+    quarter (and two MSS): the send-buffer estimate moves a little every
+    turn, and a guest receiving several ACKs with the same number, whose
+    windows differ, can count them as duplicates once its stack coalesces
+    them (Linux merges queued pure ACKs), then retransmits for nothing.
+    A smaller shrink waits for the next ACK that moves anyway.
+    """
+    raw = conn.wnd_raw
+    sent = conn.wnd_sent
+    if raw == sent:
+        return False
+    if raw == 0 or sent <= 0:
+        return True
+    grow = (raw - sent) << conn.ws_to_guest
+    return grow >= 2 * conn.mss and grow * 4 >= sent << conn.ws_to_guest
 
 
 def _default_sndbuf() -> int:

@@ -15,7 +15,7 @@ this helper, which joins the target user and network namespaces and then:
    and the -T/-U listeners need them), each answered with a descriptor.
 
 Requests and replies are small JSON objects, one per datagram.  The helper
-dies with pasta (PR_SET_PDEATHSIG and EOF on the pair).  Its /proc/PID/net
+dies with pasta (EOF on the pair ends its loop).  Its /proc/PID/net
 shows the namespace's sockets, which the `auto` port scan reads.
 """
 
@@ -113,12 +113,12 @@ class NsHelper:
             pass
         try:
             os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        except (ProcessLookupError, PermissionError):
+            pass  # gone, or root-owned while we run as --runas: EOF ends it
         try:
             os.waitpid(self.pid, 0)
         except ChildProcessError:
-            pass
+            pass  # not our child any more (we daemonized)
 
 
 def _send(sock: socket.socket, obj: dict[str, Any], fds: list[int] | None = None) -> None:
@@ -156,7 +156,9 @@ def _open_tap(name: str) -> int:
 
 def _helper_main(sock: socket.socket, userns: str | None, netns: str, setup: TapSetup) -> None:  # pragma: no cover
     """Body of the helper process (forked)."""
-    syscalls.set_parent_death_signal(signal.SIGKILL)
+    # No PR_SET_PDEATHSIG: pasta may daemonize after forking us, and the
+    # signal would fire when its first process exits.  EOF on the socketpair
+    # (pasta gone, whatever way) ends the request loop instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         _join(userns, netns)

@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         conf = parse_args(Mode.PASTA, args)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    log.setup("pasta", debug=conf.debug, quiet=conf.quiet, stderr=True, log_file=conf.log_file)
+    log.setup("pasta", debug=conf.debug, quiet=conf.quiet, stderr=conf.stderr, log_file=conf.log_file)
     _check_tun()
 
     spawned: SpawnedNamespace | None = None
@@ -177,6 +177,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         watch_pid = spawned.pid
     else:
         userns, netns, watch_pid = _ns_paths(conf)
+
+    # Watch the namespace's owner from now on: if it dies during set-up we
+    # still notice (the pidfd becomes readable), instead of racing with it.
+    pidfd = -1
+    if watch_pid is not None:
+        try:
+            pidfd = os.pidfd_open(watch_pid)
+        except OSError as exc:
+            if spawned is not None:
+                spawned.abort()
+            raise fail(f"can't watch PID {watch_pid}: {exc.strerror}") from None
 
     try:
         helper, tap_fd, tap_mac, _index = NsHelper.start(userns=userns, netns=netns, setup=_tap_setup(conf))
@@ -224,12 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             log.info(f"target process {watch_pid} exited, namespace gone: exiting")
             runtime.loop.stop()
 
-    pidfd = -1
-    if watch_pid is not None:
-        try:
-            pidfd = os.pidfd_open(watch_pid)
-        except OSError as exc:
-            raise fail(f"can't watch PID {watch_pid}: {exc.strerror}") from None
+    if pidfd >= 0:
         runtime.loop.register(pidfd, EVENT_READ, target_gone)
 
     # Ctrl-C belongs to the shell in the namespace, not to us.
@@ -240,6 +246,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         daemon.daemonize()
         daemon.write_pid_file(conf.pid_file)
     signal.signal(signal.SIGTERM, lambda *_: runtime.loop.stop())
+    # Set-up is done: the tap, listeners and helper exist; serve unprivileged.
+    try:
+        daemon.drop_privileges(conf.runas)
+    except OSError as exc:
+        raise fail(f"can't switch to --runas user: {exc.strerror}") from None
     try:
         runtime.loop.run()
     finally:

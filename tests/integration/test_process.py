@@ -159,3 +159,48 @@ def test_bare_pcap_uses_default_name(topo: Topology, passt_bin: str, tmp_path: P
         assert data[:4] == bytes.fromhex("d4c3b2a1")  # pcap magic, little-endian
     finally:
         path.unlink()
+
+
+def _holder_pid(topo: Topology) -> int:
+    """PID of a `sleep` in a fresh user+network namespace (what `unshare -rUn` gives a user)."""
+    holder = topo.popen(topo.host, ["unshare", "-rUn", "sleep", "120"])
+    def found() -> bool:
+        return Path(f"/proc/{holder.pid}/comm").read_text().strip() == "sleep"
+    _wait(found, what="holder in its namespace")
+    return holder.pid
+
+
+@pytest.mark.conformance("opt.foreground", "security.runas", "pasta.join-pid")
+def test_pasta_daemon_serves_joined_namespace_as_nobody(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
+    """pasta PID from a terminal goes to background, drops to nobody, and the namespace reaches wan."""
+    target = _holder_pid(topo)
+    pidf = tmp_path / "pasta.pid"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp("ip", ["ip", "netns", "exec", topo.host, pasta_bin, "-q", "--config-net", "-P", str(pidf),
+                         str(target)])
+    deadline = time.monotonic() + 20
+    status = 0
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                if not os.read(fd, 4096):
+                    break
+            except OSError:
+                break
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    _wait(lambda: pidf.exists() and pidf.read_text().strip() != "", what="pid file")
+    daemon_pid = int(pidf.read_text())
+    try:
+        _wait(lambda: _uid(daemon_pid) == 65534, what="pasta as nobody")
+        res = subprocess.run(["nsenter", "-t", str(target), "-U", "-n", "--preserve-credentials", "ping", "-c", "1",
+                              "-W", "3", "10.77.1.1"], capture_output=True, text=True, timeout=20)
+        assert res.returncode == 0, res.stdout + res.stderr
+    finally:
+        os.kill(target, 9)
+    _wait(lambda: not Path(f"/proc/{daemon_pid}").exists(), what="pasta exits with its namespace")

@@ -81,8 +81,32 @@ def _sysctl(path: str, value: str) -> None:
         pass
 
 
-def set_ping_group_range(low: int = 0, high: int = 2147483647) -> None:
+#: Largest value ping_group_range takes (a signed 32-bit gid).
+PING_GROUP_MAX = 2147483647
+
+
+def mapped_gid_range(gid_map: str) -> tuple[int, int]:
+    """The gids of this user namespace, from /proc/self/gid_map text.
+
+    The kernel rejects a ping_group_range naming gids that have no mapping in
+    the writer's user namespace (pasta's own namespace maps only gid 0), so the
+    range must stay within the mapped span.  First mapping line only.
+    """
+    for line in gid_map.splitlines():
+        fields = line.split()
+        if len(fields) == 3:
+            inside, _outside, count = (int(f) for f in fields)
+            return inside, min(inside + count - 1, PING_GROUP_MAX)
+    return 0, 0
+
+
+def set_ping_group_range() -> None:
     """Let every group of the namespace use ping sockets (icmp(7))."""
+    try:
+        with open("/proc/self/gid_map") as f:
+            low, high = mapped_gid_range(f.read())
+    except OSError:
+        low, high = 0, PING_GROUP_MAX
     _sysctl("/proc/sys/net/ipv4/ping_group_range", f"{low} {high}")
 
 

@@ -204,3 +204,32 @@ def test_pasta_daemon_serves_joined_namespace_as_nobody(topo: Topology, pasta_bi
     finally:
         os.kill(target, 9)
     _wait(lambda: not Path(f"/proc/{daemon_pid}").exists(), what="pasta exits with its namespace")
+
+
+@pytest.mark.conformance("notes.low-ports", "opt.tcp-ports")
+def test_low_port_without_capability_warns_and_others_work(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """Without CAP_NET_BIND_SERVICE, -t 80,8080: one clear line for port 80, and 8080 is forwarded anyway."""
+    sock = str(tmp_path / "p.sock")
+    proc = topo.popen(topo.host, ["setpriv", "--bounding-set=-net_bind_service", passt_bin, "-f", "-q", "-s", sock,
+                                  "-t", "80,8080"])
+    _wait(lambda: _accepts(sock), what="passt accepts")
+    topo.wait_listening(topo.host, 8080)
+    assert not topo.run(topo.host, ["ss", "-Hltn", "sport = :80"]).stdout.strip()
+    proc.terminate()
+    _, err = proc.communicate(timeout=10)
+    lines = [line for line in err.decode().splitlines() if "port 80" in line]
+    assert lines and all("CAP_NET_BIND_SERVICE" in line for line in lines), err
+    assert len([line for line in lines if "TCP" in line]) == 1
+
+
+@pytest.mark.conformance("notes.icmp.ping-group-range")
+def test_pasta_opens_ping_group_range_in_namespace(topo: Topology, pasta_bin: str) -> None:
+    """pasta sets ping_group_range inside its namespace so every (mapped) group may use ping sockets."""
+    res = topo.run(topo.host, [pasta_bin, "-q", "--", "cat", "/proc/sys/net/ipv4/ping_group_range"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["0", "0"]  # pasta's namespace maps one gid: 0
+    # an unprivileged ping (ICMP datagram socket, no CAP_NET_RAW) works in there
+    script = ("import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP); "
+              "print('ping socket ok')")
+    res = topo.run(topo.host, [pasta_bin, "-q", "--", "python3", "-c", script])
+    assert res.stdout.strip() == "ping socket ok", res.stderr

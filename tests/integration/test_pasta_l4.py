@@ -221,3 +221,15 @@ def test_1000_sequential_and_200_concurrent_connections(topo: Topology, pasta_bi
     finally:
         stop.touch()
     assert proc.wait(30) == 0
+
+
+@pytest.mark.conformance("notes.nat.gateway-to-loopback")
+def test_new_connection_to_gateway_reaches_gateway_not_host_loopback(topo: Topology, pasta_bin: str) -> None:
+    """A new namespace connection to the gateway address goes to the gateway, not to the host's loopback."""
+    topo.popen(topo.wan, ["socat", "TCP-LISTEN:7005,reuseaddr,fork", "SYSTEM:echo wan"])
+    topo.popen(topo.host, ["socat", "TCP-LISTEN:7005,bind=127.0.0.1,reuseaddr,fork", "SYSTEM:echo host"])
+    topo.wait_listening(topo.wan, 7005)
+    topo.wait_listening(topo.host, 7005)
+    res = _pasta(topo, pasta_bin, f"socat -t 2 - TCP:{WAN_GW4}:7005 </dev/null", "-T", "none", "-t", "none")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "wan"

@@ -578,8 +578,8 @@ def write_charts(rs: ResultSet, out: Path) -> list[Path]:
                 continue
             bars = ax.bar(xs, ys, width * 0.95, label=IMPL_TITLES.get(impl, impl),
                           yerr=[lo, hi], capsize=2, error_kw={"elinewidth": 0.8})
-            for bar, text in zip(bars, labels, strict=True):
-                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            for bar, text, top in zip(bars, labels, hi, strict=True):
+                ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height() + top),
                             ha="center", va="bottom", fontsize=7, xytext=(0, 1),
                             textcoords="offset points")
         ax.set_xticks(range(len(mtus)))

@@ -140,6 +140,8 @@ ACT_TIMEOUT_S: Final = 7200.0
 FIN_TIMEOUT_S: Final = 60.0
 #: How often to re-read TCP_INFO while guest data waits for the peer's ACK.
 ACK_POLL_S: Final = 0.01
+#: How long a pure ACK for less than one MSS may wait for data to ride on.
+ACK_DELAY_S: Final = 0.001
 DUP_ACK_THRESHOLD: Final = 3
 ACCEPT_BATCH: Final = 64
 EPOLL_BATCH: Final = 256
@@ -154,8 +156,10 @@ SOF_TIMESTAMPING_OPT_TSONLY: Final = 1 << 11
 ACK_TSTAMP_FLAGS: Final = (
     SOF_TIMESTAMPING_TX_ACK | SOF_TIMESTAMPING_SOFTWARE | SOF_TIMESTAMPING_OPT_TSONLY
 )
-#: Error-queue messages drained per socket event (each is one ACK notification).
+#: Error-queue messages drained at once (each is one ACK notification) ...
 ERRQUEUE_BATCH: Final = 64
+#: ... once this many notification events were seen.
+ERRQUEUE_LAZY: Final = 16
 #: Send buffer asked for when /proc/sys/net/ipv4/tcp_wmem can't be read (Linux default max).
 SNDBUF_DEFAULT: Final = 4 << 20
 
@@ -168,6 +172,7 @@ _EP_ERR: Final = select.EPOLLERR
 _EP_HUP: Final = select.EPOLLHUP
 _EP_RDHUP: Final = select.EPOLLRDHUP
 _EP_MASK: Final = _EP_IN | _EP_OUT | _EP_RDHUP | select.EPOLLET
+_MSG_ERRQUEUE: Final = 0x2000  # linux/socket.h
 
 # state bits
 CONNECTING: Final = 0x001
@@ -198,7 +203,7 @@ class TcpConn:
         "isn", "sent", "acked", "snd_max", "fin_off", "to_drop",
         "wnd_from_guest", "wnd_raw_from_guest", "ws_from_guest", "mss", "dup_acks",
         "g_isn", "rcvd", "ack_off", "ack_sent", "wnd_raw", "wnd_sent", "ws_to_guest",
-        "acked_base", "no_tcpinfo", "peek_off", "truesize_ratio",
+        "acked_base", "no_tcpinfo", "peek_off", "truesize_ratio", "sndbuf", "in_delack", "errq",
         "sock_pending", "rdhup", "need_ack", "nudge", "sndbuf_full", "ack_all", "info_due",
         "retransmit", "dirty", "in_poll",
         "timer", "timer_cb", "rto", "retries", "rto_deadline", "syn_deadline",
@@ -248,6 +253,12 @@ class TcpConn:
         self.peek_off = True
         #: Payload bytes per byte of send-buffer truesize, as last measured.
         self.truesize_ratio = TRUESIZE_RATIO_DEFAULT
+        #: SO_SNDBUF as last seen (SO_MEMINFO); 0: not known yet.
+        self.sndbuf = 0
+        #: Waiting in the handler's delayed-ACK list.
+        self.in_delack = False
+        #: ACK notification events since the error queue was last drained.
+        self.errq = 0
         #: The socket may hold data not peeked yet (edge-triggered readiness seen).
         self.sock_pending = False
         #: The peer closed or reset: a short peek means end of stream.
@@ -321,6 +332,10 @@ class TcpHandler:
         self._scratch: bytearray | None = None
         self._views: list[memoryview] = []
         self._poll_out = select.poll()
+        #: Landing place for error-queue reads (OPT_TSONLY: no payload comes back).
+        self._errbuf = bytearray(1)
+        self._delack: list[TcpConn] = []
+        self._delack_timer: Timer | None = None
         conf = ctx.conf
         self._our_mss4 = max(64, min(65535, conf.tap_mtu - 40))
         self._our_mss6 = max(64, min(65535, conf.tap_mtu - 60))
@@ -814,10 +829,17 @@ class TcpHandler:
                 if conn.closed:
                     continue
             elif ev & _EP_ERR:
-                # Mostly ACK notifications (SO_TIMESTAMPING TX_ACK): drain them.
-                # A real error (sk_err) comes with no queued notification or
-                # with a hang-up; only then is SO_ERROR worth a system call.
-                if not self._drain_errqueue(conn) or ev & (_EP_HUP | _EP_RDHUP):
+                # Without a hang-up this is an ACK notification (SO_TIMESTAMPING
+                # TX_ACK): TCP reports its own errors (reset, timeout) with
+                # EPOLLHUP, as tcp_done() shuts the socket down both ways.  The
+                # queue is drained only every ERRQUEUE_LAZY events: each read
+                # is a system call, and a queued notification costs ~0.5 KiB
+                # of receive buffer, nothing else.
+                conn.info_due = True
+                conn.errq += 1
+                if conn.errq >= ERRQUEUE_LAZY or ev & (_EP_HUP | _EP_RDHUP):
+                    self._drain_errqueue(conn)
+                if ev & (_EP_HUP | _EP_RDHUP):
                     try:
                         err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                     except OSError as e:
@@ -837,20 +859,16 @@ class TcpHandler:
                 conn.nudge = True
             self._mark(conn)
 
-    def _drain_errqueue(self, conn: TcpConn) -> bool:
-        """Discard queued ACK notifications; True (and TCP_INFO due) when there were any."""
-        recvmsg = conn.sock.recvmsg
-        got = 0
+    def _drain_errqueue(self, conn: TcpConn) -> None:
+        """Discard queued ACK notifications (at most ERRQUEUE_BATCH)."""
+        conn.errq = 0
+        recv_into = conn.sock.recv_into
+        buf = self._errbuf
         for _ in range(ERRQUEUE_BATCH):
             try:
-                recvmsg(0, 0, socket.MSG_ERRQUEUE)
+                recv_into(buf, 1, _MSG_ERRQUEUE)
             except OSError:  # BlockingIOError: queue empty
                 break
-            got += 1
-        if got:
-            conn.info_due = True
-            return True
-        return False
 
     # per-turn work ----------------------------------------------------------------
     def _mark(self, conn: TcpConn) -> None:
@@ -889,11 +907,16 @@ class TcpHandler:
             if conn.closed:
                 return
         ack = conn.ack_num()
-        if conn.need_ack or conn.nudge or ack != conn.ack_sent or _window_news(conn):
+        if conn.need_ack or conn.nudge or _window_news(conn):
             copies = 1
             if conn.nudge:
                 copies = DUP_ACK_THRESHOLD + (0 if ack == conn.ack_sent else 1)
             self._send_ack(conn, copies)
+        elif ack != conn.ack_sent:
+            if conn.ack_sent >= 0 and ((ack - conn.ack_sent) & _M) < conn.mss and not conn.state & GUEST_FIN:
+                self._delay_ack(conn, now)
+            else:
+                self._send_ack(conn)
         conn.need_ack = False
         conn.nudge = False
         state = conn.state
@@ -998,7 +1021,17 @@ class TcpHandler:
         conn.wnd_raw = raw if raw < 65535 else 65535
 
     def _sndbuf_room(self, conn: TcpConn, outq: int) -> int:
-        """Payload bytes the send buffer can still take; -1 when unknown."""
+        """Payload bytes the send buffer can still take; -1 when unknown.
+
+        With little unacknowledged (an eighth of the buffer) the exact
+        queue size hardly matters: the last SO_SNDBUF seen and the unacked
+        byte count answer without a system call (request/response traffic).
+        """
+        sndbuf_known = conn.sndbuf
+        if sndbuf_known and outq * 8 < sndbuf_known:
+            # Nearly empty: estimate the queue from the bytes in it.
+            ratio = conn.truesize_ratio
+            return int(sndbuf_known * ratio) - max(outq, 0)
         try:
             meminfo = conn.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
         except OSError:
@@ -1008,6 +1041,7 @@ class TcpHandler:
         values = _MEMINFO.unpack(meminfo)
         sndbuf: int = values[SK_MEMINFO_SNDBUF]
         queued: int = values[SK_MEMINFO_WMEM_QUEUED]
+        conn.sndbuf = sndbuf
         if queued > 0 and outq > 0:
             # Remember the last measurement: an empty queue says nothing, and
             # falling back to the default would make the window jump around.
@@ -1261,6 +1295,31 @@ class TcpHandler:
         if conn.rto_deadline and conn.rto_deadline < nxt:
             nxt = conn.rto_deadline
         self._arm(conn, nxt)
+
+    def _delay_ack(self, conn: TcpConn, now: float) -> None:
+        """Hold a pure ACK for a small segment up to ACK_DELAY_S (RFC 9293 section 3.8.6.3).
+
+        A request from the guest is usually answered by the peer within
+        microseconds: the answer's data frame then carries the ACK, and the
+        guest's stack handles one frame instead of two (TCP_RR).  Bulk data
+        (a full MSS or more newly acknowledged) is never delayed.
+        """
+        if conn.in_delack:
+            return
+        conn.in_delack = True
+        self._delack.append(conn)
+        if self._delack_timer is None:
+            self._delack_timer = self.ctx.loop.call_at(now + ACK_DELAY_S, self._on_delack)
+
+    def _on_delack(self, now: float) -> None:
+        self._delack_timer = None
+        conns = self._delack
+        self._delack = []
+        for conn in conns:
+            conn.in_delack = False
+            if not conn.closed and conn.ack_num() != conn.ack_sent:
+                conn.need_ack = True
+                self._mark(conn)
 
     def _want_poll(self, conn: TcpConn, now: float) -> None:
         """Re-read TCP_INFO in ACK_POLL_S: guest data waits for the peer's ACK, or window is 0."""

@@ -207,7 +207,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not conf.quiet:
         sys.stdout.write(format_summary(conf))
         sys.stdout.flush()
-    daemon.write_pid_file(conf.pid_file)
 
     exit_code = 0
 
@@ -244,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         spawned.go()
     elif not (conf.foreground or conf.debug) and daemon.interactive():
         daemon.daemonize()
-        daemon.write_pid_file(conf.pid_file)
+    # once only, and after daemonizing: the file names the process that serves
+    daemon.write_pid_file(conf.pid_file)
     signal.signal(signal.SIGTERM, lambda *_: runtime.loop.stop())
     # Set-up is done: the tap, listeners and helper exist; serve unprivileged.
     try:

@@ -935,7 +935,9 @@ def _build(mode: Mode, given: _Given, v: _Values, host: HostInfo) -> Config:
         our_mac=mac,
         ip4=ip4,
         ip6=ip6,
-        mtu=v.mtu,
+        # today's passt advertises 65520 unless -m says otherwise (the EXAMPLES
+        # show guests at 65520; see docs/conformance.md, opt.mtu.default-none)
+        mtu=v.mtu if v.mtu is not None else DEFAULT_TAP_MTU,
         tap_mtu=v.mtu if v.mtu is not None else DEFAULT_TAP_MTU,
         search=search,
         tcp="no-tcp" not in v.flags,

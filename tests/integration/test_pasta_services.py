@@ -68,7 +68,7 @@ def test_udhcpc_gets_host_address_and_options(topo: Topology, pasta_bin: str, tm
     assert f"default via {WAN_GW4} dev {HOST_IF}" in res.stdout
 
 
-@pytest.mark.conformance("dns.pasta-none")
+@pytest.mark.conformance("dns.pasta-none", "opt.mtu.default-none")
 def test_udhcpc_pasta_sends_no_dns_by_default(topo: Topology, pasta_bin: str, tmp_path) -> None:
     """In pasta mode no DNS servers or search list are sent unless -D/-S give them."""
     hook = tmp_path / "udhcpc.sh"
@@ -77,7 +77,8 @@ def test_udhcpc_pasta_sends_no_dns_by_default(topo: Topology, pasta_bin: str, tm
     res = _in_pasta(topo, pasta_bin, [], f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} -O search 2>&1")
     assert res.returncode == 0, res.stdout + res.stderr
     fields = _lease(res.stdout)
-    assert fields["dns"] == "" and fields["search"] == "" and fields["mtu"] == ""
+    assert fields["dns"] == "" and fields["search"] == ""
+    assert fields["mtu"] == "65520"  # today's passt default, as the EXAMPLES show
 
 
 @pytest.mark.conformance("example.pasta.dhclient6", "dhcpv6.option5.addr")

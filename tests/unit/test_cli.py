@@ -99,7 +99,7 @@ def test_defaults_passt() -> None:
     assert conf.ip4.addr == ADDR4 and conf.ip4.prefix_len == 24 and conf.ip4.gateway == GW4
     assert conf.ip4.host_addr == ADDR4
     assert conf.ip6.addr == ADDR6 and conf.ip6.gateway == GW6 and conf.ip6.host_addr == ADDR6
-    assert conf.mtu is None and conf.tap_mtu == 65520
+    assert conf.mtu == 65520 and conf.tap_mtu == 65520  # advertised by default, as today's passt
     assert (conf.tcp, conf.udp, conf.icmp, conf.dhcp, conf.ndp, conf.dhcpv6, conf.ra) == (True,) * 7
     assert conf.tcp_in.mode is FwdMode.NONE and conf.udp_in.mode is FwdMode.NONE
     assert conf.tcp_out.mode is FwdMode.NONE and conf.udp_out.mode is FwdMode.NONE

@@ -33,16 +33,34 @@ The window we announce keeps a guest that honours it within the free send
 buffer (SO_MEMINFO), so a short `send()` means a guest ignoring it: we then
 ACK exactly what the socket took and, once it is writable again, send three
 duplicate ACKs so the guest fast-retransmits from the hole.  The ACK
-we announce follows what the real peer acknowledged, polled through TCP_INFO
-after every batch and every ACK_POLL_S (10 ms) while guest data is
-unacknowledged or our announced window is zero.  Where TCP_INFO is too short
-to carry tcpi_snd_wnd (Linux < 5.3), we fall back, as the man page's NOTES
-say, to a fixed 14600-byte window and ACK on enqueue.
+we announce follows what the real peer acknowledged, read through TCP_INFO
+after every batch of guest segments and whenever the peer acknowledges
+something: host sockets carry SO_TIMESTAMPING with TX_ACK, so the kernel
+queues a (payload-less) notification on the socket's error queue when the
+peer ACKs the last byte of each send(), which wakes our epoll with EPOLLERR;
+we drain the queue and re-read TCP_INFO in the same turn.  On a veth or
+loopback path the peer's ACK often arrives inside send() already.  An
+ACK_POLL_S (10 ms) poll stays as a safety net while guest data is
+unacknowledged or our window is zero (notifications are charged to the
+receive buffer and dropped when it is full).  Host sockets get SO_SNDBUF =
+half of tcp_wmem's maximum: the window is capped by free send buffer, so a
+guest honouring it never fills the buffer, and the kernel's autotuning, which
+grows the buffer only after it ran full, would leave it at its initial
+~64 KiB for the whole connection (seen: lock-step 34 KiB windows, 0.2-0.9
+Gbit/s, or 5-8 Gbit/s when it happened to grow early).  A pure ACK that
+covers less than one MSS of new data waits up to ACK_DELAY_S (1 ms) for a
+data frame to carry it (request/response: the peer's answer), and a window
+change alone makes an ACK only when it closes, reopens or grows by a quarter
+(`_window_news`).  Where TCP_INFO is too short to carry tcpi_snd_wnd (Linux
+< 5.3), we fall back, as the man page's NOTES say, to a fixed 14600-byte
+window and ACK on enqueue.
 
 Event sources.  Host sockets live in an inner edge-triggered epoll whose
 descriptor is the only thing registered with the loop: one readiness event
-per new data or state change, no interest toggling while data waits in the
-socket for the guest's ACK (level triggering would spin there).  Socket
+per new data, ACK notification or state change, no interest toggling while
+data waits in the socket for the guest's ACK (level triggering would spin
+there).  A guest SYN whose connect() completes at once (local peers) is
+answered in the same turn.  Socket
 events and guest segments only mark a flow dirty; all socket I/O and frame
 building happen once per loop turn in `_post` (deferred work), so a burst of
 guest ACKs costs one drop, one peek and one TCP_INFO per flow.
@@ -156,10 +174,8 @@ SOF_TIMESTAMPING_OPT_TSONLY: Final = 1 << 11
 ACK_TSTAMP_FLAGS: Final = (
     SOF_TIMESTAMPING_TX_ACK | SOF_TIMESTAMPING_SOFTWARE | SOF_TIMESTAMPING_OPT_TSONLY
 )
-#: Error-queue messages drained at once (each is one ACK notification) ...
-ERRQUEUE_BATCH: Final = 64
-#: ... once this many notification events were seen.
-ERRQUEUE_LAZY: Final = 16
+#: Error-queue messages drained per flow and turn (each is one ACK notification).
+ERRQUEUE_BATCH: Final = 256
 #: Send buffer asked for when /proc/sys/net/ipv4/tcp_wmem can't be read (Linux default max).
 SNDBUF_DEFAULT: Final = 4 << 20
 
@@ -203,7 +219,7 @@ class TcpConn:
         "isn", "sent", "acked", "snd_max", "fin_off", "to_drop",
         "wnd_from_guest", "wnd_raw_from_guest", "ws_from_guest", "mss", "dup_acks",
         "g_isn", "rcvd", "ack_off", "ack_sent", "wnd_raw", "wnd_sent", "ws_to_guest",
-        "acked_base", "no_tcpinfo", "peek_off", "truesize_ratio", "sndbuf", "in_delack", "errq",
+        "acked_base", "no_tcpinfo", "peek_off", "truesize_ratio", "sndbuf", "in_delack",
         "sock_pending", "rdhup", "need_ack", "nudge", "sndbuf_full", "ack_all", "info_due",
         "retransmit", "dirty", "in_poll",
         "timer", "timer_cb", "rto", "retries", "rto_deadline", "syn_deadline",
@@ -257,8 +273,6 @@ class TcpConn:
         self.sndbuf = 0
         #: Waiting in the handler's delayed-ACK list.
         self.in_delack = False
-        #: ACK notification events since the error queue was last drained.
-        self.errq = 0
         #: The socket may hold data not peeked yet (edge-triggered readiness seen).
         self.sock_pending = False
         #: The peer closed or reset: a short peek means end of stream.
@@ -334,14 +348,14 @@ class TcpHandler:
         self._poll_out = select.poll()
         #: Landing place for error-queue reads (OPT_TSONLY: no payload comes back).
         self._errbuf = bytearray(1)
+        #: Flows whose error queue held more than a batch this turn.
+        self._errq_more: list[TcpConn] = []
         self._delack: list[TcpConn] = []
         self._delack_timer: Timer | None = None
         conf = ctx.conf
         self._our_mss4 = max(64, min(65535, conf.tap_mtu - 40))
         self._our_mss6 = max(64, min(65535, conf.tap_mtu - 60))
         self._enabled = conf.tcp
-        import signal as _sig  # DEBUG-TMP
-        _sig.signal(_sig.SIGUSR2, lambda *_: open("/tmp/tp/counters.txt", "w").write(repr(dict(ctx.counters.events)) + "\n" + repr(dict(ctx.counters.drops)) + "\n"))  # DEBUG-TMP
 
     # public ----------------------------------------------------------------
     def flow_count(self) -> int:
@@ -832,13 +846,11 @@ class TcpHandler:
                 # Without a hang-up this is an ACK notification (SO_TIMESTAMPING
                 # TX_ACK): TCP reports its own errors (reset, timeout) with
                 # EPOLLHUP, as tcp_done() shuts the socket down both ways.  The
-                # queue is drained only every ERRQUEUE_LAZY events: each read
-                # is a system call, and a queued notification costs ~0.5 KiB
-                # of receive buffer, nothing else.
+                # queue must be emptied every time: notifications are charged
+                # to the receive buffer, and once it is full the kernel drops
+                # them silently, and with them our wake-ups.
                 conn.info_due = True
-                conn.errq += 1
-                if conn.errq >= ERRQUEUE_LAZY or ev & (_EP_HUP | _EP_RDHUP):
-                    self._drain_errqueue(conn)
+                self._drain_errqueue(conn)
                 if ev & (_EP_HUP | _EP_RDHUP):
                     try:
                         err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -860,15 +872,17 @@ class TcpHandler:
             self._mark(conn)
 
     def _drain_errqueue(self, conn: TcpConn) -> None:
-        """Discard queued ACK notifications (at most ERRQUEUE_BATCH)."""
-        conn.errq = 0
+        """Discard queued ACK notifications (one read each: there is no batch read)."""
         recv_into = conn.sock.recv_into
         buf = self._errbuf
         for _ in range(ERRQUEUE_BATCH):
             try:
                 recv_into(buf, 1, _MSG_ERRQUEUE)
             except OSError:  # BlockingIOError: queue empty
-                break
+                return
+        # More than a batch: finish next turn (the epoll edge is spent).
+        self._errq_more.append(conn)
+        self._mark(conn)
 
     # per-turn work ----------------------------------------------------------------
     def _mark(self, conn: TcpConn) -> None:
@@ -880,6 +894,12 @@ class TcpHandler:
                 self.ctx.loop.defer(self._post)
 
     def _post(self, now: float) -> None:
+        if self._errq_more:
+            more = self._errq_more
+            self._errq_more = []
+            for conn in more:
+                if not conn.closed:
+                    self._drain_errqueue(conn)
         dirty = self._dirty
         self._dirty = []
         for conn in dirty:

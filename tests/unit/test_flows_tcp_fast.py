@@ -1,0 +1,225 @@
+"""TCP tap fast path: event-driven ACK reflection, delayed pure ACKs, socket tuning.
+
+These pin the behaviour docs/performance.md ("TCP tap path: profile notes")
+explains: the guest must learn what the peer acknowledged when the peer
+acknowledges it (an error-queue event, SO_TIMESTAMPING TX_ACK), not at the
+next ACK_POLL_S tick; a pure ACK for less than one MSS waits a little for the
+peer's answer to carry it; window changes alone only make an ACK when they
+matter; host sockets get a send buffer large enough for the window we
+announce.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from passt.flows import tcp as tcp_mod
+from tests.unit.test_flows_tcp_fakes import Server, gather, make_handler, open_conn, pump
+
+
+def the_conn(h: Any) -> Any:
+    (conn,) = h.flows.values()
+    return conn
+
+
+def acked_by_us(g: Any) -> int:
+    """Bytes of guest data our ACKs cover so far."""
+    return (g.snd_una - g.isn - 1) & 0xFFFFFFFF
+
+
+def run_slow_peer(ack_events: bool) -> tuple[int, int, float]:
+    """A guest overruns a peer that is not reading; the peer starts reading; how soon do our ACKs follow?
+
+    Returns (bytes sent, bytes acked before the peer read, seconds until all was acked or -1).
+    """
+    release = threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        release.wait(20)
+        while conn.recv(1 << 20):
+            pass
+
+    ctx, tap, h = make_handler(ack_events=ack_events)
+    srv = Server(4, script, rcvbuf=4096)
+    try:
+        g = open_conn(ctx, tap, h, 4, srv.port)
+        blob = os.urandom(400_000)
+        for off in range(0, len(blob), 50_000):
+            g.send_data(blob[off : off + 50_000])
+        assert pump(ctx, lambda: srv.conns != [], timeout=5)
+        # Let the kernel settle: the peer's window closes, data waits unacknowledged.
+        pump(ctx, lambda: False, timeout=0.2, step=lambda: g.absorb(g.take()))
+        before = acked_by_us(g)
+        release.set()
+        t0 = time.monotonic()
+        done = pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=0.8)
+        return len(blob), before, (time.monotonic() - t0) if done else -1.0
+    finally:
+        release.set()
+        h.close()
+        srv.close()
+
+
+@pytest.mark.conformance("tcp.ack-as-peer-acks")
+def test_ack_follows_peer_ack_without_poll_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest's ACK follows the peer's as it happens: a peer ACK wakes us (TX_ACK), no poll timer needed."""
+    monkeypatch.setattr(tcp_mod, "ACK_POLL_S", 30.0)  # the fallback poll can't help here
+    sent, before, took = run_slow_peer(ack_events=True)
+    assert before < sent  # the peer had not acknowledged everything: we had not ACKed it either
+    assert 0 <= took < 0.5
+
+
+def test_without_ack_events_only_the_poll_timer_acks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control for the test above: without TX_ACK events and with the poll pushed away, the ACKs stall."""
+    monkeypatch.setattr(tcp_mod, "ACK_POLL_S", 30.0)
+    sent, before, took = run_slow_peer(ack_events=False)
+    assert before < sent
+    assert took < 0  # nothing told us the peer acknowledged
+
+
+def test_host_socket_tuning() -> None:
+    """Host sockets: TCP_NODELAY, the requested SO_SNDBUF (doubled by the kernel), ACK timestamps on."""
+    ctx, tap, h = make_handler(sndbuf=1 << 20)
+    srv = Server(4, lambda conn: conn.recv(10))
+    try:
+        open_conn(ctx, tap, h, 4, srv.port)
+        sock = the_conn(h).sock
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        with open("/proc/sys/net/core/wmem_max", encoding="ascii") as f:
+            wmem_max = int(f.read())
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * min(1 << 20, wmem_max)
+        flags = sock.getsockopt(socket.SOL_SOCKET, tcp_mod.SO_TIMESTAMPING)
+        assert flags == tcp_mod.ACK_TSTAMP_FLAGS
+    finally:
+        h.close()
+        srv.close()
+
+
+def test_default_sndbuf_is_half_the_autotuning_ceiling() -> None:
+    """Asked for: half of tcp_wmem's maximum, which the kernel doubles to the autotuning ceiling."""
+    with open("/proc/sys/net/ipv4/tcp_wmem", encoding="ascii") as f:
+        ceiling = int(f.read().split()[2])
+    assert tcp_mod._default_sndbuf() == ceiling // 2
+
+
+def test_connect_answered_in_the_same_turn() -> None:
+    """A handshake the kernel completes inside connect() gets its SYN-ACK without another loop turn."""
+    ctx, tap, h = make_handler()
+    srv = Server(4, lambda conn: conn.recv(10))
+    try:
+        from tests.unit.test_flows_tcp_fakes import G4, LO4, Guest
+
+        g = Guest(ctx, tap, h, 4, G4, 41000, LO4, srv.port)
+        g.syn()  # from_tap only: the loop does not run
+        segs = g.take()
+        assert len(segs) == 1 and segs[0].flags == "SA"
+        assert segs[0].ack == (g.isn + 1) & 0xFFFFFFFF
+    finally:
+        h.close()
+        srv.close()
+
+
+def test_small_request_ack_rides_on_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1-byte request gets no pure ACK of its own: the peer's answer carries the ACK (TCP_RR)."""
+    monkeypatch.setattr(tcp_mod, "ACK_DELAY_S", 5.0)  # never fires during the test
+
+    def script(conn: socket.socket) -> None:
+        while data := conn.recv(100):
+            conn.sendall(data.upper())
+
+    ctx, tap, h = make_handler()
+    srv = Server(4, script)
+    try:
+        g = open_conn(ctx, tap, h, 4, srv.port)
+        for req in (b"a", b"b", b"c"):
+            g.send_data(req)
+            segs: list[Any] = []
+            assert pump(ctx, lambda: gather(g, segs) and any(s.payload for s in segs))
+            assert len(segs) == 1  # the answer, and nothing before it
+            assert segs[0].payload == req.upper()
+            assert segs[0].ack == g.snd_nxt  # the answer acknowledges the request
+            g.absorb(segs)
+    finally:
+        h.close()
+        srv.close()
+
+
+def test_small_segment_ack_delayed_at_most_ack_delay() -> None:
+    """Without an answer, the pure ACK for a small segment still comes, after about ACK_DELAY_S."""
+    release = threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        conn.recv(100)
+        release.wait(10)
+
+    ctx, tap, h = make_handler()
+    srv = Server(4, script)
+    try:
+        g = open_conn(ctx, tap, h, 4, srv.port)
+        t0 = time.monotonic()
+        g.send_data(b"x" * 10)
+        ctx.loop.run_once(0)
+        assert [s for s in g.take() if s.ack == g.snd_nxt] == []  # not in the same turn
+        segs: list[Any] = []
+        assert pump(ctx, lambda: gather(g, segs) and any(s.ack == g.snd_nxt for s in segs), timeout=1)
+        took = time.monotonic() - t0
+        assert tcp_mod.ACK_DELAY_S * 0.9 <= took < 0.2
+        assert all(s.payload == b"" for s in segs)
+    finally:
+        release.set()
+        h.close()
+        srv.close()
+
+
+def test_full_segment_acked_in_the_same_turn() -> None:
+    """Bulk data (a full MSS or more acknowledged) is ACKed at once, never delayed."""
+
+    def script(conn: socket.socket) -> None:
+        while conn.recv(1 << 20):
+            pass
+
+    ctx, tap, h = make_handler(tap_mtu=1500)
+    srv = Server(4, script)
+    try:
+        g = open_conn(ctx, tap, h, 4, srv.port, mss=1460)
+        g.send_data(os.urandom(1460))
+        # Loopback: the peer's kernel ACKs inside send(); one turn reflects it.
+        assert pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=1)
+        # (pump turns use 5 ms selects: well below ACK_POLL_S, and no delayed-ACK wait)
+    finally:
+        h.close()
+        srv.close()
+
+
+class _Conn:
+    """Just the fields `_window_news` reads."""
+
+    def __init__(self, raw: int, sent: int, ws: int = 8, mss: int = 1460) -> None:
+        self.wnd_raw = raw
+        self.wnd_sent = sent
+        self.ws_to_guest = ws
+        self.mss = mss
+
+
+@pytest.mark.parametrize(
+    ("raw", "sent", "news"),
+    [
+        (100, 100, False),  # unchanged
+        (0, 100, True),  # closes: the guest must stop
+        (100, 0, True),  # reopens after zero
+        (100, -1, True),  # nothing announced yet
+        (90, 100, False),  # shrinks a little: waits for the next ACK
+        (110, 100, False),  # grows by a tenth
+        (125, 100, True),  # grows by a quarter (and more than two MSS)
+        (5, 4, False),  # a quarter, but less than two MSS (256-byte units)
+    ],
+)
+def test_window_news(raw: int, sent: int, news: bool) -> None:
+    """Window-only updates: sent when the window closes, reopens or grows by a quarter, not for jitter."""
+    assert tcp_mod._window_news(_Conn(raw, sent)) is news  # type: ignore[arg-type]

@@ -46,7 +46,7 @@ from typing import Final
 
 from passt.context import Context
 from passt.flows import nat
-from passt.flows.table import FLOW_MAX, FlowTable
+from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
 from passt.flows.udp import (
     L4_OFF6,
     SOCK_FAMILY,
@@ -286,13 +286,7 @@ class IcmpHandler:
 
     def expire(self, now: float) -> int:
         """Close flows idle for longer than the timeout; returns how many."""
-        limit = now - self.timeout_s
-        closed = 0
-        for flow in self.flows.values():
-            if flow.last < limit:
-                self._close(flow)
-                closed += 1
-        return closed
+        return expire_idle(self.flows, now - self.timeout_s, self._close)
 
     def _close(self, flow: IcmpFlow) -> None:
         self.flows.remove(flow.key)

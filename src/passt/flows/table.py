@@ -8,14 +8,23 @@ drops and counts).  Idle expiry is the caller's job (it knows its timeouts).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
-from typing import Final, Generic, TypeVar
+from collections.abc import Callable, Hashable, Iterator
+from typing import Final, Generic, Protocol, TypeVar
 
 #: Default bound: upstream passt allows 2**17 flows in total; we keep it per protocol.
 FLOW_MAX: Final = 1 << 17
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+class Timestamped(Protocol):
+    """A flow that records when it last carried traffic."""
+
+    last: float
+
+
+T = TypeVar("T", bound=Timestamped)
 
 
 class FlowTable(Generic[K, V]):
@@ -55,3 +64,13 @@ class FlowTable(Generic[K, V]):
 
     def clear(self) -> None:
         self._flows.clear()
+
+
+def expire_idle(table: FlowTable[K, T], limit: float, close: Callable[[T], None]) -> int:
+    """Close (with `close`) every flow whose last traffic is older than `limit`; returns how many."""
+    closed = 0
+    for flow in table.values():
+        if flow.last < limit:
+            close(flow)
+            closed += 1
+    return closed

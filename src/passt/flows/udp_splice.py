@@ -52,7 +52,7 @@ from typing import Final
 
 from passt.context import Context
 from passt.flows.fwd import UdpListenHandler
-from passt.flows.table import FlowTable
+from passt.flows.table import FlowTable, expire_idle
 from passt.flows.tcp_splice import LOOPBACK4, LOOPBACK6, is_loopback_peer, peer_family
 from passt.loop import EVENT_READ, Timer
 
@@ -252,13 +252,7 @@ class UdpSpliceHandler:
 
     def expire(self, now: float) -> int:
         """Close flows idle for longer than the timeout; returns how many."""
-        limit = now - self.timeout_s
-        closed = 0
-        for flow in self.flows.values():
-            if flow.last < limit:
-                self._close(flow)
-                closed += 1
-        return closed
+        return expire_idle(self.flows, now - self.timeout_s, self._close)
 
     def _close(self, flow: UdpSpliceFlow) -> None:
         self.flows.remove(flow.key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -61,6 +61,27 @@ def passt_bin() -> str:
 @pytest.fixture
 def qrap_bin() -> str:
     return program("qrap")
+
+
+def unprivileged(argv: Sequence[str]) -> list[str]:
+    """`argv` run as nobody:nogroup with every capability set empty.
+
+    The console scripts and the interpreter live under BIN, and one directory on
+    the way there may be closed to others (here /root, mode 0700).  Rather than
+    copying anything, the command runs in a private mount namespace where that
+    directory is a mode-0755 tmpfs holding only a bind mount of the one child on
+    the way to BIN, so every path stays the same and nothing outside changes.
+    """
+    drop = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all"]
+    blocked = next((d for d in reversed(BIN.parents) if d != Path("/") and not d.stat().st_mode & 0o001), None)
+    if blocked is None:
+        return [*drop, *argv]
+    inner = blocked / BIN.relative_to(blocked).parts[0]
+    script = ('s=$(mktemp -d) && mount --bind "$1" "$s" && mount -t tmpfs -o mode=755 none "$2" && '
+              'mkdir "$1" && mount --bind "$s" "$1" && umount "$s" && rmdir "$s" && shift 2 && exec "$@"')
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", str(inner), str(blocked),
+            *drop, *argv]
 
 
 def need(tool: str) -> str:

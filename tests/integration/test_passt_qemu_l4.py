@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.netns import HOST_ADDR4, WAN_ADDR4, WAN_ADDR6, Topology
+from harness.netns.topology import WAN_GW4
 from harness.qemu.guest import QemuGuest
 
 pytestmark = pytest.mark.qemu
@@ -82,10 +83,11 @@ def test_guest_iperf3_10s_no_stall(topo: Topology, guest: QemuGuest, reverse: bo
 
 
 @pytest.mark.passt_args("-t", "2222:22", "-u", "5353")
-@pytest.mark.conformance("example.passt.forward-2222", "opt.tcp-ports", "opt.udp-ports", "notes.nat.src-gateway")
+@pytest.mark.conformance("example.passt.forward-2222", "opt.tcp-ports", "opt.udp-ports", "notes.nat.src-gateway",
+                         "ports.reachable", "passt.l4-sockets")
 def test_wan_reaches_guest_server_through_forwarding(topo: Topology, guest: QemuGuest) -> None:
-    """-t 2222:22 reaches the guest's port 22 and the guest sees wan's real address; -u 5353 echoes UDP."""
-    guest.check("(socat TCP-LISTEN:22,reuseaddr 'SYSTEM:echo peer=$SOCAT_PEERADDR; cat' &) ; "
+    """-t 2222:22 reaches guest port 22 from wan (real peer) and host loopback; -u 5353 echoes; guest traffic leaves as the host's."""
+    guest.check("(socat TCP-LISTEN:22,reuseaddr,fork 'SYSTEM:echo peer=$SOCAT_PEERADDR; cat' &) ; "
                 "(socat UDP-RECVFROM:5353,fork EXEC:cat &) ; "
                 "for i in $(seq 100); do netstat -ltnu | grep -q ':5353' && netstat -ltn | grep -q ':22 ' && break; "
                 "sleep 0.05; done", timeout=30)
@@ -94,6 +96,18 @@ def test_wan_reaches_guest_server_through_forwarding(topo: Topology, guest: Qemu
     res = topo.run(topo.wan, ["socat", "-t", "3", "-T", "3", "-", f"UDP:{HOST_ADDR4}:5353"], input="udp-echo\n",
                    timeout=30)
     assert res.stdout.strip() == "udp-echo", res.stderr
+    # a local client on the host: its loopback source is shown to the guest as the gateway
+    res = topo.run(topo.host, ["socat", "-t", "3", "-", "TCP:127.0.0.1:2222"], input="local\n", timeout=30)
+    assert res.stdout.splitlines() == [f"peer={WAN_GW4}", "local"], res.stderr
+    # the other way: the guest's connection and datagram reach wan from the host's own address,
+    # as a local process's would (passt used host TCP and UDP sockets)
+    topo.popen(topo.wan, ["socat", "TCP-LISTEN:9001,reuseaddr", "SYSTEM:echo peer=$SOCAT_PEERADDR"])
+    topo.popen(topo.wan, ["socat", "UDP-RECVFROM:9002", "SYSTEM:echo peer=$SOCAT_PEERADDR"])
+    topo.wait_listening(topo.wan, 9001)
+    topo.wait_listening(topo.wan, 9002, udp=True)
+    out = guest.check(f"socat -t 3 - TCP:{WAN_ADDR4}:9001 </dev/null; "
+                      f"echo x | socat -t 3 -T 3 - UDP:{WAN_ADDR4}:9002", timeout=30)
+    assert out.splitlines() == [f"peer={HOST_ADDR4}", f"peer={HOST_ADDR4}"], out
 
 
 @pytest.mark.conformance("notes.icmp.id-preserved", "example.pasta.ping")

@@ -12,7 +12,7 @@ from harness.netns import HOST_ADDR4, HOST_ADDR6, Topology
 from harness.netns.topology import HOST_IF
 
 
-@pytest.mark.conformance("pasta.spawn-namespace", "pasta.tap-device", "host.default-route-iface")
+@pytest.mark.conformance("pasta.spawn-namespace", "pasta.tap-device", "host.default-route-iface", "opt.ns-ifname.default")
 def test_config_net_puts_host_address_on_tap(topo: Topology, pasta_bin: str) -> None:
     """`pasta --config-net -- ip -o addr` shows the tap, named like the host interface, with the host's addresses."""
     res = topo.run(topo.host, [pasta_bin, "-q", "--config-net", "--", "ip", "-o", "addr", "show"])
@@ -22,9 +22,9 @@ def test_config_net_puts_host_address_on_tap(topo: Topology, pasta_bin: str) -> 
     assert any(f"inet6 {HOST_ADDR6}/64" in line for line in lines), res.stdout
 
 
-@pytest.mark.conformance("pasta.spawn-namespace", "notes.pasta.lo-up", "opt.ns-ifname")
+@pytest.mark.conformance("pasta.spawn-namespace", "notes.pasta.lo-up", "opt.ns-ifname", "example.pasta.exit-with-shell")
 def test_plain_pasta_shell_sees_tap_and_lo_up(topo: Topology, pasta_bin: str) -> None:
-    """Plain pasta runs $SHELL in the namespace: lo is UP, the tap exists (and -I renames it)."""
+    """Plain pasta runs $SHELL in the namespace: lo is UP, the tap exists (and -I renames it); `exit` ends pasta."""
     env = {"SHELL": "/bin/sh", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     res = topo.run(topo.host, [pasta_bin, "-q"], input="ip -o link show\nexit 0\n", env=env)
     assert res.returncode == 0, res.stderr
@@ -36,13 +36,25 @@ def test_plain_pasta_shell_sees_tap_and_lo_up(topo: Topology, pasta_bin: str) ->
     assert ": tap9:" in res.stdout and f": {HOST_IF}:" not in res.stdout
 
 
+@pytest.mark.conformance("synopsis.pasta", "opt.quiet", "opt.debug")
 def test_exit_status_of_command_is_pastas(topo: Topology, pasta_bin: str) -> None:
-    """pasta exits with the status of the command it ran."""
-    res = topo.run(topo.host, [pasta_bin, "-q", "--", "sh", "-c", "exit 7"])
+    """A non-PID operand is a command run instead of $SHELL, whose exit status is pasta's; -q / -d set the noise."""
+    res = topo.run(topo.host, [pasta_bin, "-q", "sh", "-c", "exit 7"])
     assert res.returncode == 7
+    assert res.stderr == "" and res.stdout == ""  # -q: not even the summary
+    res = topo.run(topo.host, [pasta_bin, "--", "sh", "-c", "exit 3"])
+    assert res.returncode == 3
+    assert "Outbound interface" in res.stdout and "DHCP:" in res.stdout, res.stdout
+    assert "guest IPv6 source seen" not in res.stderr
+    # -d: debug lines as well, and no fork (the command still runs, its status is ours)
+    script = (f"ip addr add fd77::99/64 dev {HOST_IF} nodad; ip addr add fd77::98/64 dev {HOST_IF} nodad; "
+              "for a in fd77::99 fd77::98; do ping -6 -c 1 -W 2 -I $a fd77::1 >/dev/null; done; exit 4")
+    res = topo.run(topo.host, [pasta_bin, "-d", "--", "sh", "-c", script])
+    assert res.returncode == 4
+    assert "guest IPv6 source seen: fd7700000000000000000000000000" in res.stderr, res.stderr
 
 
-@pytest.mark.conformance("pasta.join-pid", "notes.pasta.lo-up")
+@pytest.mark.conformance("pasta.join-pid", "notes.pasta.lo-up", "synopsis.pasta")
 def test_join_existing_namespace_by_pid(topo: Topology, pasta_bin: str) -> None:
     """`pasta PID` joins the user and network namespace of PID and creates the tap there."""
     holder = topo.popen(topo.host, ["unshare", "-rUn", "sleep", "60"])

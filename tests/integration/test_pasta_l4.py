@@ -161,7 +161,7 @@ def test_forwarded_from_host_local_address_seen_as_gateway(topo: Topology, pasta
     assert res.stdout.strip() == f"peer={WAN_GW4}", res.stderr
 
 
-@pytest.mark.conformance("opt.tcp-ports", "ports.auto-scan")
+@pytest.mark.conformance("opt.tcp-ports", "ports.auto-scan", "ports.pasta-auto")
 def test_auto_forwards_port_bound_later(topo: Topology, pasta_bin: str) -> None:
     """pasta's default -t auto forwards a port bound in the namespace after start (rescanned while running)."""
     script = "sleep 1; socat TCP-LISTEN:7777,reuseaddr 'SYSTEM:echo auto'"
@@ -233,3 +233,129 @@ def test_new_connection_to_gateway_reaches_gateway_not_host_loopback(topo: Topol
     res = _pasta(topo, pasta_bin, f"socat -t 2 - TCP:{WAN_GW4}:7005 </dev/null", "-T", "none", "-t", "none")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "wan"
+
+
+@pytest.mark.parametrize(
+    ("spec", "probes"),
+    [
+        pytest.param("22", [(22, 22)], marks=pytest.mark.conformance("ports.example.single"), id="single"),
+        pytest.param("22:23", [(22, 23)], marks=pytest.mark.conformance("ports.example.map"), id="map"),
+        pytest.param("22,25", [(22, 22), (25, 25)], marks=pytest.mark.conformance("ports.example.list"),
+                     id="list"),
+        pytest.param("22-80", [(22, 22), (51, 51), (80, 80)], marks=pytest.mark.conformance("ports.example.range"),
+                     id="range"),
+        pytest.param("22-80:32-90", [(22, 32), (51, 61), (80, 90)],
+                     marks=pytest.mark.conformance("ports.example.range-map"), id="range-map"),
+    ],
+)
+@pytest.mark.conformance("ports.reachable", "opt.tcp-ports")
+def test_man_page_port_examples_through_real_forward(topo: Topology, pasta_bin: str, tmp_path: Path, spec: str,
+                                                     probes: list[tuple[int, int]]) -> None:
+    """Each -t example of the page, from wan and from the host's loopback, lands on the port it names.
+
+    A range forwards 59 ports; servers run only on the probed targets (each answers with its own
+    port number), so a connection landing anywhere else would read nothing.
+    """
+    ready = tmp_path / "ready"
+    targets = sorted({t for _, t in probes})
+    servers = [(f"socat TCP6-LISTEN:{t},ipv6only=0,reuseaddr,fork 'SYSTEM:echo {t}'", t, False) for t in targets]
+    proc = topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "-t", spec, "-u", "none", "-T", "none",
+                                  "-U", "none", "--", "sh", "-c", _serving(servers, ready)])
+    try:
+        for listen, _ in probes:
+            topo.wait_listening(topo.host, listen)
+        _wait_file(ready)
+        for listen, target in probes:
+            for ns, addr in ((topo.wan, HOST_ADDR4), (topo.host, "127.0.0.1")):
+                res = topo.run(ns, ["socat", "-t", "2", "-", f"TCP:{addr}:{listen}"], input="", timeout=20)
+                assert res.stdout.strip() == str(target), (spec, ns, addr, listen, res.stderr)
+    finally:
+        proc.terminate()
+
+
+LIMITS_PROBE = r"""
+import socket, struct, sys, time
+wan4, ifname = sys.argv[1], sys.argv[2]
+# SCTP (IP protocol 132): a common header and an INIT chunk, over IPv4 and IPv6
+chunk = bytes(12) + bytes([1, 0, 0, 20]) + bytes(16)
+socket.socket(socket.AF_INET, socket.SOCK_RAW, 132).sendto(chunk, (wan4, 0))
+socket.socket(socket.AF_INET6, socket.SOCK_RAW, 132).sendto(chunk, ("fd77:1::1", 0))
+# joining groups makes the kernel send an IGMP membership report and an MLD listener report
+m4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+m4.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("239.1.2.3") + socket.inet_aton("0.0.0.0"))
+m6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+m6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+              socket.inet_pton(socket.AF_INET6, "ff15::1234") + struct.pack("@I", socket.if_nametoindex(ifname)))
+time.sleep(1.5)
+"""
+
+WAN_SCTP_SINK = r"""
+import os, select, socket, sys
+socks = [socket.socket(socket.AF_INET, socket.SOCK_RAW, 132), socket.socket(socket.AF_INET6, socket.SOCK_RAW, 132)]
+print("listening", flush=True)
+r = []
+while not r and not os.path.exists(sys.argv[1]):  # until the namespace has sent everything
+    r, _, _ = select.select(socks, [], [], 0.05)
+print("GOT SCTP" if r else "no SCTP", flush=True)
+"""
+
+
+@pytest.mark.conformance("limits.no-sack", "limits.no-paws-rttm", "limits.no-sctp", "limits.no-igmp-mld")
+def test_pcap_shows_no_sack_timestamps_sctp_or_multicast_answers(topo: Topology, pasta_bin: str,
+                                                                 tmp_path: Path) -> None:
+    """The namespace's SYN offers SACK and timestamps; pasta's SYN-ACK and SYN offer neither; SCTP, IGMP, MLD: no answer.
+
+    Everything is read from pasta's own capture (-p): what the namespace sent, and what pasta sent
+    back.  wan listens for SCTP with raw sockets to show none leaves either.
+    """
+    from scapy.all import ICMP, IP, TCP, Ether, ICMPv6MLReport2, IPv6, rdpcap
+
+    from harness.netns.topology import HOST_IF, HOST_MAC
+
+    topo.start_echo()
+    pcap, probe, ready, done = tmp_path / "cap.pcap", tmp_path / "probe.py", tmp_path / "ready", tmp_path / "done"
+    sink = topo.popen(topo.wan, ["python3", "-c", WAN_SCTP_SINK, str(ready)], stdout=subprocess.PIPE)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == b"listening"
+    probe.write_text(LIMITS_PROBE)
+    script = (
+        "socat TCP6-LISTEN:7100,ipv6only=0,reuseaddr 'SYSTEM:echo srv' & "
+        "while ! ss -Hltn 'sport = :7100' | grep -q .; do sleep 0.02; done; "
+        f"echo hi | socat -t 2 - TCP:{WAN_ADDR4}:7001; "
+        f"python3 {probe} {WAN_ADDR4} {HOST_IF}; touch {ready}; "
+        f"while [ ! -e {done} ]; do sleep 0.05; done"
+    )
+    proc = topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "-p", str(pcap), "-t", "7100", "-u", "none",
+                                  "-T", "none", "-U", "none", "--", "sh", "-ec", script])
+    _wait_file(ready, timeout=30)
+    res = topo.run(topo.wan, ["socat", "-t", "2", "-", f"TCP:{HOST_ADDR4}:7100"], input="", timeout=20)
+    assert res.stdout.strip() == "srv", res.stderr
+    done.touch()
+    assert proc.wait(20) == 0
+    assert sink.stdout.readline().strip() == b"no SCTP"
+
+    frames = rdpcap(str(pcap))
+    ours = [f for f in frames if f[Ether].src == HOST_MAC]
+    theirs = [f for f in frames if f[Ether].src != HOST_MAC]
+
+    def opts(f: Ether) -> set[str]:
+        return {o[0] for o in f[TCP].options}
+
+    def flags(f: Ether, want: str) -> bool:
+        return f.haslayer(TCP) and str(f[TCP].flags) == want
+
+    ns_syn = [f for f in theirs if flags(f, "S")]
+    assert ns_syn and all({"SAckOK", "Timestamp"} <= opts(f) for f in ns_syn), [f.summary() for f in ns_syn]
+    synack = [f for f in ours if flags(f, "SA")]
+    syn = [f for f in ours if flags(f, "S")]
+    assert synack and syn, [f.summary() for f in ours]
+    for f in synack + syn:
+        assert not opts(f) & {"SAckOK", "Timestamp"}, f[TCP].options
+    assert any(f.haslayer(IP) and f[IP].proto == 132 for f in theirs)
+    assert any(f.haslayer(IPv6) and f[IPv6].nh == 132 for f in theirs)
+    assert any(f.haslayer(IP) and f[IP].proto == 2 for f in theirs)
+    assert any(f.haslayer(ICMPv6MLReport2) for f in theirs)
+    for f in ours:
+        assert not (f.haslayer(IP) and f[IP].proto in (2, 132)), f.summary()
+        assert not (f.haslayer(IPv6) and f[IPv6].nh == 132), f.summary()
+        assert not (f.haslayer(ICMP) and f[ICMP].type == 3), f.summary()  # no unreachable either
+        assert "MLD" not in f.summary() and "ICMPv6 Destination Unreachable" not in f.summary(), f.summary()

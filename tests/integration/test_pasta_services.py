@@ -7,11 +7,15 @@ and asserts what the client configured, as `ip` shows it.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from harness.netns import HOST_ADDR4, HOST_ADDR6, WAN_GW4, Topology
-from harness.netns.topology import HOST_IF
+from harness.netns.topology import HOST_IF, HOST_MAC, WAN_ADDR4, WAN_GW6
+from tests.integration.conftest import unprivileged
 
 UDHCPC_SCRIPT = """#!/bin/sh
 # minimal udhcpc hook: apply the lease the way a distribution's script does
@@ -44,15 +48,18 @@ def _in_pasta(topo: Topology, pasta_bin: str, args: list[str], script: str, time
 @pytest.mark.conformance(
     "example.pasta.udhcpc", "dhcp.yiaddr", "dhcp.option1.netmask", "dhcp.option3.router",
     "dhcp.option6.dns", "dhcp.option119.search", "dhcp.option26.mtu", "opt.dns", "opt.search", "opt.mtu",
+    "dhcp.handshake", "dhcp.lease-infinite", "opt.address.default", "opt.netmask.default-host",
+    "opt.gateway.default", "opt.mac-addr.default",
 )
 def test_udhcpc_gets_host_address_and_options(topo: Topology, pasta_bin: str, tmp_path) -> None:
-    """udhcpc in the namespace leases the host's address, mask, router, and the -D/-S/-m values."""
+    """udhcpc in the namespace leases the host's address, mask, router (our MAC: the host's), and the -D/-S/-m values."""
     hook = tmp_path / "udhcpc.sh"
     hook.write_text(UDHCPC_SCRIPT)
     hook.chmod(0o755)
     script = (
         f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} -O search -O mtu 2>&1; "
-        f"ip -o -4 addr show dev {HOST_IF}; ip -4 route show"
+        f"ip -o -4 addr show dev {HOST_IF}; ip -4 route show; "
+        f"ping -c 1 -W 3 {WAN_ADDR4} >/dev/null; ip -4 neigh show dev {HOST_IF}"
     )
     res = _in_pasta(topo, pasta_bin, ["-D", "10.77.1.53", "-S", "example.test corp.test", "-m", "1500"], script)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -66,9 +73,11 @@ def test_udhcpc_gets_host_address_and_options(topo: Topology, pasta_bin: str, tm
     assert fields["lease"] == "4294967295"
     assert f"inet {HOST_ADDR4}/24" in res.stdout
     assert f"default via {WAN_GW4} dev {HOST_IF}" in res.stdout
+    # the router resolves (ARP) to our MAC, which defaults to the host interface's
+    assert re.search(rf"^{re.escape(WAN_GW4)} lladdr {HOST_MAC} ", res.stdout, re.M), res.stdout
 
 
-@pytest.mark.conformance("dns.pasta-none", "opt.mtu.default-none")
+@pytest.mark.conformance("dns.pasta-none", "opt.mtu.default-none", "search.pasta-none")
 def test_udhcpc_pasta_sends_no_dns_by_default(topo: Topology, pasta_bin: str, tmp_path) -> None:
     """In pasta mode no DNS servers or search list are sent unless -D/-S give them."""
     hook = tmp_path / "udhcpc.sh"
@@ -81,7 +90,7 @@ def test_udhcpc_pasta_sends_no_dns_by_default(topo: Topology, pasta_bin: str, tm
     assert fields["mtu"] == "65520"  # today's passt default, as the EXAMPLES show
 
 
-@pytest.mark.conformance("example.pasta.dhclient6", "dhcpv6.option5.addr")
+@pytest.mark.conformance("example.pasta.dhclient6", "dhcpv6.option5.addr", "dhcpv6.handshake")
 def test_dhclient6_gets_host_ipv6_address(topo: Topology, pasta_bin: str, tmp_path) -> None:
     """dhclient -6 in the namespace obtains the host's IPv6 address from the DHCPv6 server."""
     lease = tmp_path / "dhclient6.leases"
@@ -96,23 +105,28 @@ def test_dhclient6_gets_host_ipv6_address(topo: Topology, pasta_bin: str, tmp_pa
     assert f"inet6 {HOST_ADDR6}/128" in res.stdout, res.stdout
 
 
-@pytest.mark.conformance("ndp.ra.prefix", "example.pasta.ip-address")
+@pytest.mark.conformance("ndp.ra.prefix", "example.pasta.ip-address", "ndp.rs.ra", "ndp.ns.na")
 def test_kernel_slaac_takes_prefix_and_default_route(topo: Topology, pasta_bin: str) -> None:
-    """The namespace kernel's SLAAC configures an address in the advertised /64 and a default route via RA."""
+    """The kernel's RS gets an RA (SLAAC address in the /64, default route via link-local); on-link NS get our MAC."""
     script = (
         f"sysctl -qw net.ipv6.conf.{HOST_IF}.accept_dad=0; "
         f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
-        f"ip -o -6 addr show dev {HOST_IF}; ip -6 route show"
+        f"ip -o -6 addr show dev {HOST_IF}; ip -6 route show; "
+        # fd77::/64 is on-link: the kernel solicits fd77::1 itself (NS) and needs our NA to ping it
+        f"ping -6 -c 1 -W 3 {WAN_GW6}; ip -6 neigh show {WAN_GW6} dev {HOST_IF}"
     )
     res = _in_pasta(topo, pasta_bin, [], script)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "default via fe80::" in res.stdout or "default via fd77::1" in res.stdout, res.stdout
+    assert re.search(r"^default via fe80::\S+ dev \S+ proto ra", res.stdout, re.M), res.stdout
     assert "proto ra" in res.stdout
     slaac = [line for line in res.stdout.splitlines() if "inet6 fd77::" in line and "/64" in line and "dynamic" in line]
     assert slaac, res.stdout
+    assert "1 received" in res.stdout, res.stdout
+    assert re.search(rf"^{re.escape(WAN_GW6)} lladdr {HOST_MAC} ", res.stdout, re.M), res.stdout
 
 
-@pytest.mark.conformance("example.pasta.ip-address", "example.pasta.udhcpc", "example.pasta.dhclient6")
+@pytest.mark.conformance("example.pasta.ip-address", "example.pasta.udhcpc", "example.pasta.dhclient6",
+                         "example.pasta.ip-route")
 def test_man_page_example_sequence(topo: Topology, pasta_bin: str, tmp_path) -> None:
     """The EXAMPLES session: udhcpc, dhclient -6, then `ip address show` and the routes look like the man page."""
     hook = tmp_path / "udhcpc.sh"
@@ -141,3 +155,38 @@ def test_man_page_example_sequence(topo: Topology, pasta_bin: str, tmp_path) -> 
     assert f"{HOST_ADDR6} dev {HOST_IF} proto kernel" in route6
     assert f"fd77::/64 dev {HOST_IF} proto kernel" in route6
     assert "default via fe80::" in route6 and "proto ra" in route6
+
+
+@pytest.mark.conformance(
+    "opt.address", "opt.netmask.default-class", "opt.gateway", "opt.mac-addr", "opt.dns.repeat",
+    "pasta.unprivileged",
+)
+def test_udhcpc_sees_overrides_from_unprivileged_pasta(topo: Topology, pasta_bin: str, tmp_path) -> None:
+    """pasta as nobody, no capability: udhcpc leases -a with its class mask, -g, both -D; -M answers ARP; wan pings."""
+    shared = Path(tempfile.mkdtemp(prefix="pt-hook-"))  # nobody can't see tmp_path (mode 0700)
+    shared.chmod(0o755)
+    hook = shared / "udhcpc.sh"
+    hook.write_text(UDHCPC_SCRIPT)
+    hook.chmod(0o755)
+    script = (
+        "grep -E '^CapBnd' /proc/$PPID/status; cat /proc/self/uid_map; "
+        f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} 2>&1; "
+        f"ping -c 1 -W 3 {WAN_ADDR4}; ip -4 neigh show dev {HOST_IF}"
+    )
+    args = ["-a", "172.20.0.5", "-g", "172.20.0.1", "-M", "02:11:22:33:44:55",
+            "-D", "10.77.1.53", "-D", "10.77.1.54"]
+    try:
+        res = topo.run(topo.host, unprivileged([pasta_bin, "-q", *args, "--", "sh", "-ec", script]), timeout=60)
+    finally:
+        shutil.rmtree(shared)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # pasta itself (the command's parent) runs as nobody: no capability in the init namespace
+    assert re.search(r"^CapBnd:\s+0+$", res.stdout, re.M), res.stdout
+    assert re.search(r"^\s*0\s+65534\s+1$", res.stdout, re.M), res.stdout  # its user namespace maps nobody
+    fields = _lease(res.stdout)
+    assert fields["ip"] == "172.20.0.5"
+    assert fields["mask"] == "16"  # no host address matches: class B (RFC 4632 section 3.1)
+    assert fields["router"] == "172.20.0.1"
+    assert fields["dns"].split() == ["10.77.1.53", "10.77.1.54"]
+    assert "1 received" in res.stdout, res.stdout
+    assert re.search(r"^172\.20\.0\.1 lladdr 02:11:22:33:44:55 ", res.stdout, re.M), res.stdout

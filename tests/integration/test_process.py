@@ -36,7 +36,7 @@ def _accepts(path: str) -> bool:
     return True
 
 
-@pytest.mark.conformance("opt.foreground")
+@pytest.mark.conformance("opt.foreground", "daemon.background-from-terminal")
 def test_background_from_terminal_with_pid_file(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """Started from a terminal without -f, passt forks into background; -P names the daemon's PID."""
     sock, pidf = str(tmp_path / "p.sock"), tmp_path / "passt.pid"
@@ -71,7 +71,7 @@ def test_background_from_terminal_with_pid_file(topo: Topology, passt_bin: str, 
         os.kill(daemon_pid, 15)
 
 
-@pytest.mark.conformance("opt.foreground", "opt.stderr")
+@pytest.mark.conformance("opt.foreground", "opt.stderr", "daemon.background-from-terminal")
 def test_foreground_non_interactive_logs_to_stderr_and_file(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """Not on a terminal passt stays in front and logs to stderr; -l also writes the log file."""
     sock, logf = str(tmp_path / "p.sock"), tmp_path / "passt.log"
@@ -87,9 +87,9 @@ def test_foreground_non_interactive_logs_to_stderr_and_file(topo: Topology, pass
     assert b"guest connected" in err
 
 
-@pytest.mark.conformance("opt.version")
+@pytest.mark.conformance("opt.version", "opt.help", "synopsis.passt")
 def test_version_and_help(passt_bin: str, pasta_bin: str) -> None:
-    """--version prints one line and exits 0; -h prints the options of that program."""
+    """--version prints one line and exits 0; -h prints the options of that program; passt takes no operand."""
     for prog in (passt_bin, pasta_bin):
         res = subprocess.run([prog, "--version"], capture_output=True, text=True)
         assert res.returncode == 0 and len(res.stdout.strip().splitlines()) == 1
@@ -97,6 +97,9 @@ def test_version_and_help(passt_bin: str, pasta_bin: str) -> None:
     assert res.returncode == 0 and "--socket" in res.stdout and "--ns-ifname" not in res.stdout
     res = subprocess.run([pasta_bin, "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "--ns-ifname" in res.stdout and "--socket" not in res.stdout
+    res = subprocess.run([passt_bin, "-f", "1234"], capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == ["passt: unexpected argument '1234'; see passt --help"], res.stderr
 
 
 @pytest.mark.conformance("security.runas")
@@ -115,6 +118,13 @@ def test_root_drops_to_nobody_after_setup(topo: Topology, passt_bin: str, tmp_pa
     _wait(lambda: _uid(pid) == 1234, what="uid 1234")
 
 
+def _cap_eff(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no CapEff line")
+
+
 def _uid(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Uid:"):
@@ -131,17 +141,20 @@ def _find_child(pid: int, name: str) -> int:
     return int(children[0])
 
 
-@pytest.mark.conformance("security.exposure")
+@pytest.mark.conformance("security.exposure", "ports.passt-default-none", "ports.none")
 def test_passt_listens_on_nothing_unasked(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
-    """Without -t/-u passt opens no TCP or UDP listening socket in the host namespace."""
-    sock = str(tmp_path / "p.sock")
-    topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock])
-    _wait(lambda: _accepts(sock), what="passt accepts")
-    out = topo.run(topo.host, ["ss", "-Hltunp"]).stdout
-    assert "passt" not in out and out.strip() == "", out
+    """Without -t/-u (and with -t none -u none) passt opens no TCP or UDP listening socket."""
+    for i, extra in enumerate(([], ["-t", "none", "-u", "none"])):
+        sock = str(tmp_path / f"p{i}.sock")
+        proc = topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock, *extra])
+        _wait(lambda: _accepts(sock), what="passt accepts")  # noqa: B023 - called at once
+        out = topo.run(topo.host, ["ss", "-Hltunp"]).stdout
+        assert "passt" not in out and out.strip() == "", (extra, out)
+        proc.terminate()
+        proc.wait(10)
 
 
-@pytest.mark.conformance("opt.pcap")
+@pytest.mark.conformance("opt.pcap", "opt.pcap.default-path")
 def test_bare_pcap_uses_default_name(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """A bare -p captures to /tmp/passt_<ISO8601 timestamp>_<instance>.pcap."""
     before = set(Path("/tmp").glob("passt_*.pcap"))
@@ -170,9 +183,9 @@ def _holder_pid(topo: Topology) -> int:
     return holder.pid
 
 
-@pytest.mark.conformance("opt.foreground", "security.runas", "pasta.join-pid")
+@pytest.mark.conformance("opt.foreground", "security.runas", "pasta.join-pid", "notes.icmp.ping-sockets")
 def test_pasta_daemon_serves_joined_namespace_as_nobody(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
-    """pasta PID from a terminal goes to background, drops to nobody, and the namespace reaches wan."""
+    """pasta PID from a terminal goes to background, drops to nobody, and the namespace pings wan (ping sockets)."""
     target = _holder_pid(topo)
     pidf = tmp_path / "pasta.pid"
     pid, fd = pty.fork()
@@ -198,6 +211,8 @@ def test_pasta_daemon_serves_joined_namespace_as_nobody(topo: Topology, pasta_bi
     daemon_pid = int(pidf.read_text())
     try:
         _wait(lambda: _uid(daemon_pid) == 65534, what="pasta as nobody")
+        # no CAP_NET_RAW (nor any other) left: echo requests can only go out through ping sockets
+        assert _cap_eff(daemon_pid) == 0
         res = subprocess.run(["nsenter", "-t", str(target), "-U", "-n", "--preserve-credentials", "ping", "-c", "1",
                               "-W", "3", "10.77.1.1"], capture_output=True, text=True, timeout=20)
         assert res.returncode == 0, res.stdout + res.stderr

@@ -368,7 +368,9 @@ def test_address_invalid(value: str, expected: str) -> None:
     assert error(Mode.PASTA, "-a", value) == expected
 
 
+@pytest.mark.conformance("opt.address.per-family")
 def test_address_once_per_family() -> None:
+    """A second -a of the same family is a usage error naming both values."""
     assert error(Mode.PASST, "-a", "10.0.0.2", "--address", "10.0.0.3") == \
         "--address given twice for IPv4 (10.0.0.2, 10.0.0.3); give one address per family"
     assert "given twice for IPv6" in error(Mode.PASST, "-a", "2001:db8::1", "-a", "2001:db8::2")
@@ -391,7 +393,7 @@ def test_netmask_invalid(value: str) -> None:
     assert message.startswith(f"invalid netmask '{value}' for -n")
 
 
-@pytest.mark.conformance("opt.netmask")
+@pytest.mark.conformance("opt.netmask", "opt.netmask.default-host", "opt.netmask.default-class")
 @pytest.mark.parametrize(
     ("addr", "bits"),
     [
@@ -409,7 +411,7 @@ def test_netmask_default(addr: str, bits: int) -> None:
     assert conf.ip4 is not None and conf.ip4.prefix_len == bits
 
 
-@pytest.mark.conformance("opt.mac-addr")
+@pytest.mark.conformance("opt.mac-addr", "opt.mac-addr.default")
 @pytest.mark.parametrize("spelled", ["-M", "--mac-addr"])
 def test_mac(spelled: str) -> None:
     """-M sets our MAC; the default is the host interface's."""
@@ -431,7 +433,7 @@ def test_mac_fallback_when_host_has_none() -> None:
     assert conf.our_mac == cli.FALLBACK_MAC
 
 
-@pytest.mark.conformance("opt.gateway")
+@pytest.mark.conformance("opt.gateway", "opt.gateway.per-family")
 @pytest.mark.parametrize("spelled", ["-g", "--gateway"])
 def test_gateway(spelled: str) -> None:
     """-g sets the IPv4 router or the IPv6 RA/DHCPv6 source, once per family."""
@@ -447,7 +449,11 @@ def test_gateway(spelled: str) -> None:
     assert error(Mode.PASST, spelled, "ff02::2") == f"invalid address 'ff02::2' for {spelled}: multicast"
 
 
+@pytest.mark.conformance("opt.gateway.default")
 def test_gateway_defaults() -> None:
+    """Without -g the host's default-route gateways are used; a device route gives fe80::1 for IPv6."""
+    conf = passt()
+    assert conf.ip4 is not None and conf.ip4.gateway == GW4
     # a device default route (no gateway): no IPv4 router; IPv6 falls back to fe80::1
     conf = passt(host=replace(HOST, gw4=None, gw6=None))
     assert conf.ip4 is not None and conf.ip4.gateway is None
@@ -540,7 +546,7 @@ def test_explicit_address_and_gateway_without_routes() -> None:
 # ------------------------------------------------------------------ DNS / search
 
 
-@pytest.mark.conformance("opt.dns")
+@pytest.mark.conformance("opt.dns", "opt.dns.repeat")
 @pytest.mark.parametrize("spelled", ["-D", "--dns"])
 def test_dns_repeatable_per_family(spelled: str) -> None:
     """-D is repeatable; each address goes to its family."""
@@ -553,7 +559,7 @@ def test_dns_repeatable_per_family(spelled: str) -> None:
     assert conf.ip6 is not None and conf.ip6.dns == ()
 
 
-@pytest.mark.conformance("opt.dns")
+@pytest.mark.conformance("opt.dns", "opt.dns.empty-disables")
 def test_dns_empty_disables() -> None:
     """A single empty -D disables DNS options altogether."""
     conf = passt("-D", "")
@@ -575,7 +581,7 @@ def test_dns_passt_default_from_resolv_conf() -> None:
     assert conf.ip6.dns == (IPv6Address("2001:db8::53"),)
 
 
-@pytest.mark.conformance("dns.pasta-none")
+@pytest.mark.conformance("dns.pasta-none", "search.pasta-none")
 def test_dns_pasta_default_none() -> None:
     """pasta sends no DNS addresses and no search list unless -D/-S are given."""
     conf = pasta()
@@ -583,7 +589,7 @@ def test_dns_pasta_default_none() -> None:
     assert conf.ip4.dns == () and conf.ip6.dns == () and conf.search == ()
 
 
-@pytest.mark.conformance("opt.search")
+@pytest.mark.conformance("opt.search", "opt.search.empty-disables", "search.passt-resolvconf")
 @pytest.mark.parametrize("spelled", ["-S", "--search"])
 def test_search(spelled: str) -> None:
     """-S takes a space-separated list; empty disables; passt defaults to resolv.conf's."""
@@ -693,7 +699,9 @@ def test_udp_follows_tcp_pasta() -> None:
 # ------------------------------------------------------------------ pasta positionals and namespaces
 
 
+@pytest.mark.conformance("synopsis.pasta")
 def test_pasta_target_pid() -> None:
+    """An all-digit first operand is TARGET_PID; nothing may follow it."""
     conf = pasta("1234")
     assert conf.target_pid == 1234 and conf.command == ()
     conf = pasta("1234", "-t", "22")
@@ -704,7 +712,9 @@ def test_pasta_target_pid() -> None:
     assert error(Mode.PASTA, "0") == "invalid TARGET_PID '0'; see pasta --help"
 
 
+@pytest.mark.conformance("synopsis.pasta")
 def test_pasta_command() -> None:
+    """Any other operand (or anything after --) is the command to run instead of $SHELL."""
     conf = pasta("-f", "ls", "-l", "--debug")
     assert conf.command == ("ls", "-l", "--debug") and not conf.debug
     conf = pasta("--", "123", "-x")
@@ -715,7 +725,9 @@ def test_pasta_command() -> None:
         "TARGET_PID 1234 and a command given; give one of them; see pasta --help"
 
 
+@pytest.mark.conformance("synopsis.passt")
 def test_passt_rejects_positionals() -> None:
+    """passt takes no operand: any positional word is a usage error."""
     assert error(Mode.PASST, "1234") == "unexpected argument '1234'; see passt --help"
     assert error(Mode.PASST, "--", "x") == "unexpected argument 'x'; see passt --help"
     assert passt("--").mode is Mode.PASST

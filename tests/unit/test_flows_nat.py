@@ -31,7 +31,7 @@ def guest() -> GuestState:
     return GuestState.from_config(CONF)
 
 
-@pytest.mark.conformance("notes.nat.src-gateway", "notes.nat.dst-loopback")
+@pytest.mark.conformance("notes.nat.src-gateway", "notes.nat.dst-loopback", "notes.nat.example")
 def test_man_page_example() -> None:
     """127.0.0.1 -> 127.0.0.10 with gateway 192.0.2.1 and observed 192.0.2.2 becomes 192.0.2.1 -> 192.0.2.2."""
     g = guest()
@@ -65,7 +65,7 @@ def test_local_source_without_gateway_unchanged() -> None:
     assert nat.host_src_to_guest(conf, 4, p4("127.0.0.1"), frozenset()) == p4("127.0.0.1")
 
 
-@pytest.mark.conformance("notes.nat.dst-loopback")
+@pytest.mark.conformance("notes.nat.dst-loopback", "notes.nat.configured-fallback", "notes.nat.ipv6-global")
 def test_loopback_destination_configured_until_observed() -> None:
     """Before any guest address is seen the configured one is used, then the observed one."""
     g = guest()
@@ -80,7 +80,7 @@ def test_loopback_destination_configured_until_observed() -> None:
     assert nat.host_dst_to_guest(g, 4, p4("203.0.113.1"), HOST_ADDRS) == p4("203.0.113.1")
 
 
-@pytest.mark.conformance("notes.nat.ipv6-linklocal")
+@pytest.mark.conformance("notes.nat.ipv6-linklocal", "notes.nat.ipv6-global")
 def test_ipv6_link_local_destination() -> None:
     """A link-local original destination maps to the observed link-local address, once one was seen."""
     g = guest()

@@ -20,7 +20,16 @@ from typing import Any
 import pytest
 
 from passt.flows import tcp as tcp_mod
-from tests.unit.test_flows_tcp_fakes import Server, gather, make_handler, open_conn, pump
+from tests.unit.test_flows_tcp_fakes import (
+    G4,
+    LO4,
+    Guest,
+    Server,
+    gather,
+    make_handler,
+    open_conn,
+    pump,
+)
 
 
 def the_conn(h: Any) -> Any:
@@ -30,7 +39,8 @@ def the_conn(h: Any) -> Any:
 
 def acked_by_us(g: Any) -> int:
     """Bytes of guest data our ACKs cover so far."""
-    return (g.snd_una - g.isn - 1) & 0xFFFFFFFF
+    acked: int = (g.snd_una - g.isn - 1) & 0xFFFFFFFF
+    return acked
 
 
 def run_slow_peer(ack_events: bool) -> tuple[int, int, float]:
@@ -113,8 +123,6 @@ def test_connect_answered_in_the_same_turn() -> None:
     ctx, tap, h = make_handler()
     srv = Server(4, lambda conn: conn.recv(10))
     try:
-        from tests.unit.test_flows_tcp_fakes import G4, LO4, Guest
-
         g = Guest(ctx, tap, h, 4, G4, 41000, LO4, srv.port)
         g.syn()  # from_tap only: the loop does not run
         segs = g.take()
@@ -137,10 +145,15 @@ def test_small_request_ack_rides_on_the_answer(monkeypatch: pytest.MonkeyPatch) 
     srv = Server(4, script)
     try:
         g = open_conn(ctx, tap, h, 4, srv.port)
+        segs: list[Any] = []
+
+        def answered() -> bool:
+            return gather(g, segs) and any(s.payload for s in segs)
+
         for req in (b"a", b"b", b"c"):
             g.send_data(req)
-            segs: list[Any] = []
-            assert pump(ctx, lambda: gather(g, segs) and any(s.payload for s in segs))
+            segs.clear()
+            assert pump(ctx, answered)
             assert len(segs) == 1  # the answer, and nothing before it
             assert segs[0].payload == req.upper()
             assert segs[0].ack == g.snd_nxt  # the answer acknowledges the request

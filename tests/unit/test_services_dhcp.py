@@ -91,6 +91,8 @@ def request_for(addr: str = GUEST4, server: str = GW4, **kw: Any) -> bytes:
     "dhcp.option3.router",
     "dhcp.option6.dns",
     "dhcp.option119.search",
+    "dhcp.handshake",
+    "dhcp.lease-infinite",
 )
 def test_discover_gets_offer() -> None:
     """DISCOVER gets an OFFER: yiaddr, netmask, router, DNS, search list, infinite lease."""
@@ -169,7 +171,9 @@ def test_requested_options_come_first() -> None:
     assert set(codes[6:]) == {"router", 119}
 
 
+@pytest.mark.conformance("dhcp.handshake", "dhcp.lease-infinite")
 def test_request_gets_ack() -> None:
+    """A REQUEST for the offered address gets an ACK with it and an infinite lease."""
     svc, _, _, lines = service()
     out = reply(svc, request_for())
     pkt = Ether(out)

@@ -111,7 +111,7 @@ def assert_address(pkt: Any, iaid: int = 0x0102) -> None:
     assert (addr.preflft, addr.validlft) == (0xFFFFFFFF, 0xFFFFFFFF)
 
 
-@pytest.mark.conformance("dhcpv6.option5.addr", "dhcpv6.option23.dns", "dhcpv6.option24.search")
+@pytest.mark.conformance("dhcpv6.option5.addr", "dhcpv6.option23.dns", "dhcpv6.option24.search", "dhcpv6.handshake")
 def test_solicit_gets_advertise() -> None:
     """SOLICIT gets an ADVERTISE with the address (option 5), DNS (23) and search list (24)."""
     svc, guest, _, lines = service()
@@ -159,8 +159,10 @@ def test_rapid_commit_gets_reply() -> None:
     assert lines == ["DHCPv6: received SOLICIT, sending REPLY"]
 
 
+@pytest.mark.conformance("dhcpv6.handshake")
 @pytest.mark.parametrize("cls", [DHCP6_Request, DHCP6_Renew])
 def test_request_and_renew_get_reply(cls: Any) -> None:
+    """REQUEST and RENEW get a REPLY carrying the address and DNS."""
     svc, _, _, lines = service()
     pkt = answer(svc, frame(cls(trid=TRID) / CLIENT / OURS / IA))
     assert DHCP6_Reply in pkt
@@ -195,7 +197,9 @@ def _confirm(addr: str) -> bytes:
     return frame(DHCP6_Confirm(trid=TRID) / CLIENT / ia)
 
 
+@pytest.mark.conformance("dhcpv6.handshake")
 def test_confirm() -> None:
+    """CONFIRM gets a REPLY: success for our address, NotOnLink for another."""
     svc, _, _, _ = service()
     assert answer(svc, _confirm(GUEST6))[DHCP6OptStatusCode].statuscode == 0
     assert answer(svc, _confirm("2001:db8:ffff::1"))[DHCP6OptStatusCode].statuscode == 4

@@ -91,6 +91,7 @@ def answer(svc: NdpService, frame: bytes) -> Any:
     return Ether(out)
 
 
+@pytest.mark.conformance("ndp.ns.na")
 @pytest.mark.parametrize("target", [GW6, "2001:db8:1::1", "2001:db8:99::7", "fe80::99"])
 def test_ns_answered_with_our_mac(target: str) -> None:
     """Neighbor Solicitations for anything but the guest's addresses get an NA with our MAC."""
@@ -124,7 +125,7 @@ def test_dad_probes_ignored_except_for_our_address() -> None:
 
 
 @pytest.mark.conformance(
-    "ndp.ra.prefix", "ndp.ra.rdnss", "ndp.ra.dnssl", "opt.address", "opt.dns", "opt.search"
+    "ndp.ra.prefix", "ndp.ra.rdnss", "ndp.ra.dnssl", "opt.address", "opt.dns", "opt.search", "ndp.rs.ra"
 )
 def test_rs_gets_ra() -> None:
     """RS gets an RA with the prefix of the assigned address, RDNSS and DNSSL."""

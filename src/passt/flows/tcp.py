@@ -47,7 +47,7 @@ half of tcp_wmem's maximum: the window is capped by free send buffer, so a
 guest honouring it never fills the buffer, and the kernel's autotuning, which
 grows the buffer only after it ran full, would leave it at its initial
 ~64 KiB for the whole connection (seen: lock-step 34 KiB windows, 0.2-0.9
-Gbit/s, or 5-8 Gbit/s when it happened to grow early).  A pure ACK that
+Gbit/s).  A pure ACK that
 covers less than one MSS of new data waits up to ACK_DELAY_S (1 ms) for a
 data frame to carry it (request/response: the peer's answer), and a window
 change alone makes an ACK only when it closes, reopens or grows by a quarter
@@ -933,7 +933,8 @@ class TcpHandler:
                 copies = DUP_ACK_THRESHOLD + (0 if ack == conn.ack_sent else 1)
             self._send_ack(conn, copies)
         elif ack != conn.ack_sent:
-            if conn.ack_sent >= 0 and ((ack - conn.ack_sent) & _M) < conn.mss and not conn.state & GUEST_FIN:
+            small = conn.ack_sent >= 0 and ((ack - conn.ack_sent) & _M) < conn.mss
+            if small and not conn.state & GUEST_FIN:
                 self._delay_ack(conn, now)
             else:
                 self._send_ack(conn)
@@ -1065,7 +1066,8 @@ class TcpHandler:
         if queued > 0 and outq > 0:
             # Remember the last measurement: an empty queue says nothing, and
             # falling back to the default would make the window jump around.
-            ratio = conn.truesize_ratio = min(TRUESIZE_RATIO_MAX, max(TRUESIZE_RATIO_MIN, outq / queued))
+            ratio = min(TRUESIZE_RATIO_MAX, max(TRUESIZE_RATIO_MIN, outq / queued))
+            conn.truesize_ratio = ratio
         else:
             ratio = conn.truesize_ratio
         free = sndbuf - queued

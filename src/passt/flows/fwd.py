@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import resource
 import socket
 from collections.abc import Callable
@@ -92,6 +93,18 @@ def all_ports(ephemeral: tuple[int, int], excluded: frozenset[int]) -> list[int]
     """Candidate ports for ALL mode: 1..65535 minus the ephemeral range and exclusions."""
     lo, hi = ephemeral
     return [p for p in range(1, 65536) if not lo <= p <= hi and p not in excluded]
+
+
+#: ALL mode keeps 1/ALL_FD_RESERVE of the descriptor limit for connections.
+ALL_FD_RESERVE: Final = 4
+
+
+def _open_fds() -> int:
+    """Descriptors this process has open now."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
 
 
 def raise_nofile_limit() -> int:
@@ -165,13 +178,27 @@ class Forwarder:
             self._timer = self.ctx.loop.call_later(self.rescan_s, self._on_timer)
 
     def _bind_all(self, proto: str, fwd: PortFwd) -> None:
-        """ALL: bind every non-ephemeral, non-excluded port we may and that is free."""
-        raise_nofile_limit()
+        """ALL: bind every non-ephemeral, non-excluded port we may and that is free.
+
+        Listeners leave a quarter of the descriptor limit free (ALL_FD_RESERVE):
+        it is kept for the guest's socket and its flows, or the first accept()
+        would fail with EMFILE.
+        """
+        limit = raise_nofile_limit()
+        budget = limit - limit // ALL_FD_RESERVE - _open_fds()
+        bound = 0
         denied = 0
         for port in all_ports(ephemeral_range(), fwd.excluded):
             if (proto, port) in self._listeners:
                 continue
+            if bound >= budget:
+                log.warning("%s: forwarding %s ports only up to %d: the rest of the %d descriptors "
+                            "is kept for connections (raise the open-files limit to forward more)",
+                            self._prog, proto.upper(), port - 1, limit)  # fmt: skip
+                break
             err = self._bind(proto, fwd, port, port, quiet=True)
+            if err == 0:
+                bound += 1
             if err == errno.EMFILE or err == errno.ENFILE:
                 log.warning("%s: out of file descriptors binding %s ports, stopped at %d",
                             self._prog, proto.upper(), port)  # fmt: skip

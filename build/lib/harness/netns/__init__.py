@@ -1,0 +1,13 @@
+"""Throwaway network namespaces for the integration tests (DESIGN.md section 4)."""
+
+from harness.netns.topology import (
+    HOST_ADDR4,
+    HOST_ADDR6,
+    WAN_ADDR4,
+    WAN_ADDR6,
+    WAN_GW4,
+    WAN_GW6,
+    Topology,
+)
+
+__all__ = ["Topology", "HOST_ADDR4", "HOST_ADDR6", "WAN_ADDR4", "WAN_ADDR6", "WAN_GW4", "WAN_GW6"]

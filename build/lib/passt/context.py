@@ -1,0 +1,106 @@
+"""The runtime context every handler shares: config, guest state, loop, tap.
+
+One `Context` exists per process.  The dispatcher (`dispatch.py`) hands each
+parsed guest frame to a service or an L4 handler; handlers send frames back
+through `ctx.tap` (which may be None in passt while no guest is connected:
+then frames are dropped and counted) and create host sockets themselves.  In
+pasta, `ctx.ns` creates sockets inside the target namespace.
+
+    tap --read_frames()--> dispatch.from_tap --> services.* / flows.{tcp,udp,icmp}.from_tap
+    flows/services --ctx.send()/ctx.send_gso()--> tap out batch --(deferred) flush
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Protocol
+
+from passt.config import Config
+from passt.counters import Counters
+from passt.guest import GuestState
+from passt.loop import EventLoop
+from passt.tap.base import Buffer, TapBackend
+
+
+class L4Handler(Protocol):
+    """What the dispatcher calls for TCP, UDP and ICMP frames from the guest."""
+
+    def from_tap(self, af: int, src: bytes, dst: bytes, l4: memoryview, now: float) -> None:
+        """Handle one L4 segment from the guest.
+
+        `af` is 4 or 6; `src`/`dst` are the packed IP addresses; `l4` is the
+        L4 header plus payload, bounded by the IP header's length field (the
+        L4 header itself is not validated yet: the handler must check it).
+        """
+        ...
+
+    def tap_reset(self) -> None:
+        """The guest link went away (passt): drop every flow bound to it."""
+        ...
+
+
+class NsSocketFactory(Protocol):
+    """Creates sockets inside pasta's target namespace (see pasta/nshelper)."""
+
+    def socket(self, family: int, type: int, proto: int = 0) -> socket.socket:
+        """A new socket living in the target network namespace."""
+        ...
+
+
+class Context:
+    """Process-wide runtime state."""
+
+    __slots__ = ("conf", "guest", "loop", "counters", "tap", "ns", "tcp", "udp", "icmp")
+
+    def __init__(self, conf: Config, loop: EventLoop) -> None:
+        self.conf = conf
+        self.guest = GuestState.from_config(conf)
+        self.loop = loop
+        self.counters = Counters()
+        #: The connected guest link; None while passt waits for a guest.
+        self.tap: TapBackend | None = None
+        #: pasta only: socket factory for the target namespace.
+        self.ns: NsSocketFactory | None = None
+        #: L4 handlers, set up by the program's main (None when disabled).
+        self.tcp: L4Handler | None = None
+        self.udp: L4Handler | None = None
+        self.icmp: L4Handler | None = None
+
+    def send(self, frame: Buffer) -> None:
+        """Queue a complete frame to the guest and make sure it is flushed this turn."""
+        tap = self.tap
+        if tap is None:
+            self.counters.drop("no_guest")
+            return
+        tap.send(frame)
+        self.loop.defer(self._flush)
+
+    def send_gso(
+        self,
+        frame: Buffer,
+        *,
+        csum_start: int,
+        csum_offset: int,
+        gso_type: int,
+        gso_size: int,
+        hdr_len: int,
+    ) -> None:
+        """Queue an offloaded frame (only when `tap.offload`); see TapBackend.send_gso."""
+        tap = self.tap
+        if tap is None:
+            self.counters.drop("no_guest")
+            return
+        tap.send_gso(
+            frame,
+            csum_start=csum_start,
+            csum_offset=csum_offset,
+            gso_type=gso_type,
+            gso_size=gso_size,
+            hdr_len=hdr_len,
+        )
+        self.loop.defer(self._flush)
+
+    def _flush(self, now: float) -> None:
+        tap = self.tap
+        if tap is not None:
+            tap.flush()

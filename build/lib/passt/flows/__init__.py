@@ -1,0 +1,1 @@
+"""Flows: translation between guest frames and host Layer-4 sockets."""

@@ -1,0 +1,208 @@
+"""Pre-cooked TCP frames towards the guest: per-flow header templates and a frame ring.
+
+Every frame a flow sends the guest shares Ethernet addresses, IP addresses,
+ports and most IP fields; only lengths, sequence/ack numbers, flags, window
+and checksums change.  A `FrameTemplate` holds those constant bytes once per
+flow (passt's pre-cooked headers) plus the partial sums of the constant IPv4
+header words and of the TCP pseudo-header, so filling a frame is one slice
+copy, three `pack_into` calls and (without offload) one checksum over the
+segment:
+
+    slot: | eth 14 | ip 20/40 | tcp 20 | payload ... (peeked in place) |
+           \\___________ template ________/ \\__ recv(MSG_PEEK) writes here
+
+The `FrameRing` is one preallocated bytearray cut into equal slots.  Data
+segments are peeked straight into a slot's payload area and queued to the tap
+as memoryviews, with no copy.  The tap keeps references until its flush, which
+the loop runs as deferred work at the end of the turn; the ring is rewound by
+a deferred callback queued *after* the flush, so a slot is never rewritten
+while queued.  When the ring runs out inside one turn, the flow waits for the
+next turn.  Bounds: `RING_BYTES` of memory (8 MiB), at most `RING_SLOTS_MAX`
+slots (1024, also IOV_MAX for the scatter `recvmsg_into`), at least
+`RING_SLOTS_MIN`.
+
+Control frames (SYN, pure ACK, FIN, RST) are rare relative to data, carry
+options sometimes, and are built into fresh small bytearrays with full
+checksums: they own their memory, so the ring's lifetime rule does not apply.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Final
+
+from passt.wire.checksum import csum_partial, pseudo_sum4, pseudo_sum6
+from passt.wire.tcp import TCP_HLEN, build_tcp
+
+ETH_HLEN: Final = 14
+IP4_HLEN: Final = 20
+IP6_HLEN: Final = 40
+ETH_P_IP: Final = 0x0800
+ETH_P_IPV6: Final = 0x86DD
+IPPROTO_TCP: Final = 6
+#: IPv4 TTL and IPv6 hop limit of everything we send the guest.
+TTL: Final = 255
+
+#: Memory for one turn's data frames.
+RING_BYTES: Final = 8 << 20
+#: Scatter lists above IOV_MAX (1024 on Linux) are refused by recvmsg.
+RING_SLOTS_MAX: Final = 1024
+RING_SLOTS_MIN: Final = 16
+#: Largest IPv4 datagram / IPv6 payload: caps an offloaded (GSO) frame.
+IP_MAX_LEN: Final = 65535
+
+_ETH: Final = struct.Struct("!6s6sH")
+_IP4: Final = struct.Struct("!BBHHHBBH4s4s")
+_IP6: Final = struct.Struct("!IHBB16s16s")
+_U16: Final = struct.Struct("!H")
+#: seq, ack, data offset + flags, window: bytes 4..15 of the TCP header.
+_TCP_VAR: Final = struct.Struct("!IIHH")
+_DOFF5: Final = 5 << 12
+
+
+def _fold(total: int) -> int:
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+class FrameTemplate:
+    """Constant header bytes of one flow towards the guest, and their partial sums."""
+
+    __slots__ = ("af", "hdr", "l4_off", "hdr_len", "ip_base", "ph_base", "guest_mac")
+
+    def __init__(
+        self,
+        af: int,
+        guest_mac: bytes,
+        our_mac: bytes,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+    ) -> None:
+        #: 4 or 6.
+        self.af = af
+        #: The guest MAC baked in (compared by identity to notice a change).
+        self.guest_mac = guest_mac
+        if af == 4:
+            ip = _IP4.pack(0x45, 0, 0, 0, 0x4000, TTL, IPPROTO_TCP, 0, src, dst)
+            eth = _ETH.pack(guest_mac, our_mac, ETH_P_IP)
+            #: Sum of the IPv4 header words that never change (length and checksum are 0).
+            self.ip_base = csum_partial(ip)
+            #: Pseudo-header sum without the length.
+            self.ph_base = pseudo_sum4(src, dst, IPPROTO_TCP, 0)
+        else:
+            ip = _IP6.pack(6 << 28, 0, IPPROTO_TCP, TTL, src, dst)
+            eth = _ETH.pack(guest_mac, our_mac, ETH_P_IPV6)
+            self.ip_base = 0
+            self.ph_base = pseudo_sum6(src, dst, IPPROTO_TCP, 0)
+        tcp = bytearray(TCP_HLEN)
+        build_tcp(tcp, 0, sport=sport, dport=dport, seq=0, ack=0, flags=0, window=0)
+        #: Ethernet + IP + TCP header with ports; variable fields zero.
+        self.hdr = eth + ip + bytes(tcp)
+        #: Offset of the TCP header in a frame (virtio csum_start).
+        self.l4_off = ETH_HLEN + len(ip)
+        #: Bytes before the payload of a data frame (virtio hdr_len).
+        self.hdr_len = self.l4_off + TCP_HLEN
+
+    def fill(
+        self,
+        frame: memoryview,
+        payload_len: int,
+        seq: int,
+        ack: int,
+        flags: int,
+        window: int,
+        partial_csum: bool,
+    ) -> int:
+        """Write the headers of a data frame whose payload is already in place.
+
+        With `partial_csum` the TCP checksum field gets the folded, not
+        complemented, pseudo-header sum over the full TCP length (virtio
+        NEEDS_CSUM); otherwise the full checksum.  Returns the frame length.
+        """
+        l4 = self.l4_off
+        frame[0 : self.hdr_len] = self.hdr
+        tcp_len = TCP_HLEN + payload_len
+        if self.af == 4:
+            total = IP4_HLEN + tcp_len
+            _U16.pack_into(frame, ETH_HLEN + 2, total)
+            _U16.pack_into(frame, ETH_HLEN + 10, ~_fold(self.ip_base + total) & 0xFFFF)
+        else:
+            _U16.pack_into(frame, ETH_HLEN + 4, tcp_len)
+        _TCP_VAR.pack_into(frame, l4 + 4, seq, ack, _DOFF5 | flags, window)
+        if partial_csum:
+            _U16.pack_into(frame, l4 + 16, _fold(self.ph_base + tcp_len))
+        else:
+            total_sum = csum_partial(frame[l4 : l4 + tcp_len], self.ph_base + tcp_len)
+            _U16.pack_into(frame, l4 + 16, ~total_sum & 0xFFFF)
+        return l4 + tcp_len
+
+
+def build_control(
+    tpl: FrameTemplate, seq: int, ack: int, flags: int, window: int, options: bytes = b""
+) -> bytearray:
+    """A payload-less frame from `tpl`, with `options` (a multiple of 4 bytes)."""
+    l4 = tpl.l4_off
+    tcp_len = TCP_HLEN + len(options)
+    frame = bytearray(l4 + tcp_len)
+    frame[0 : tpl.hdr_len] = tpl.hdr
+    if options:
+        frame[tpl.hdr_len :] = options
+    if tpl.af == 4:
+        total = IP4_HLEN + tcp_len
+        _U16.pack_into(frame, ETH_HLEN + 2, total)
+        _U16.pack_into(frame, ETH_HLEN + 10, ~_fold(tpl.ip_base + total) & 0xFFFF)
+    else:
+        _U16.pack_into(frame, ETH_HLEN + 4, tcp_len)
+    _TCP_VAR.pack_into(
+        frame, l4 + 4, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (tcp_len >> 2) << 12 | flags, window
+    )
+    csum = csum_partial(memoryview(frame)[l4:], tpl.ph_base + tcp_len)
+    _U16.pack_into(frame, l4 + 16, ~csum & 0xFFFF)
+    return frame
+
+
+def gso_payload_cap(af: int, mss: int) -> int:
+    """Largest payload of one offloaded frame: what the IP length field allows, in whole MSS."""
+    room = IP_MAX_LEN - TCP_HLEN - (IP4_HLEN if af == 4 else 0)
+    if mss >= room:
+        return room
+    return (room // mss) * mss
+
+
+def slot_size_for(offload: bool, tap_mtu: int) -> int:
+    """Bytes per ring slot: a full GSO frame with offload, else one MTU-sized frame."""
+    if offload:
+        size = ETH_HLEN + IP6_HLEN + IP_MAX_LEN
+    else:
+        size = ETH_HLEN + max(tap_mtu, IP6_HLEN + TCP_HLEN + 1)
+    return (size + 63) & ~63
+
+
+class FrameRing:
+    """Preallocated frame slots handed out within one loop turn (see module doc)."""
+
+    __slots__ = ("offload", "slot_size", "slots", "used", "_buf")
+
+    def __init__(self, *, offload: bool, tap_mtu: int, budget: int = RING_BYTES) -> None:
+        #: The tap mode this ring was sized for.
+        self.offload = offload
+        self.slot_size = slot_size_for(offload, tap_mtu)
+        count = max(RING_SLOTS_MIN, min(RING_SLOTS_MAX, budget // self.slot_size))
+        self._buf = bytearray(self.slot_size * count)
+        view = memoryview(self._buf)
+        size = self.slot_size
+        #: One writable view per slot.
+        self.slots = [view[i * size : (i + 1) * size] for i in range(count)]
+        #: Slots handed out since the last rewind.
+        self.used = 0
+
+    @property
+    def free(self) -> int:
+        return len(self.slots) - self.used
+
+    def rewind(self) -> None:
+        """Every queued frame has been flushed: slots may be reused."""
+        self.used = 0

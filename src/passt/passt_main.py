@@ -115,18 +115,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                 # The socket stays readable: stop polling it for a while
                 # instead of spinning until a descriptor frees up.
                 log.warn(f"accept on {path}: {exc.strerror}; retrying in {ACCEPT_BACKOFF_S} s")
-                loop.unregister(listener.fileno())
-                loop.call_later(ACCEPT_BACKOFF_S, rearm)
+                loop.suspend(listener.fileno(), ACCEPT_BACKOFF_S)
             elif exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EINTR):
                 log.warn(f"accept on {path}: {exc.strerror}")
             return
         loop.unregister(listener.fileno())
         log.info(f"guest connected to {path}")
         runtime.attach_tap(StreamTap(conn, runtime.ctx.counters, pcap))
-
-    def rearm(_now: float) -> None:
-        if runtime.ctx.tap is None and not loop.is_registered(listener.fileno()):
-            loop.register(listener.fileno(), EVENT_READ, on_accept)
 
     def on_closed(_now: float) -> None:
         log.info("guest disconnected, waiting for the next one")

@@ -94,16 +94,33 @@ def test_without_ack_events_only_the_poll_timer_acks(monkeypatch: pytest.MonkeyP
 
 
 def test_host_socket_tuning() -> None:
-    """Host sockets: TCP_NODELAY, the requested SO_SNDBUF (doubled by the kernel), ACK timestamps on."""
+    """Host sockets: TCP_NODELAY at once; the requested SO_SNDBUF (doubled by the kernel) and
+    ACK timestamps only once the guest sends in bulk (short flows skip those system calls)."""
     ctx, tap, h = make_handler(sndbuf=1 << 20)
-    srv = Server(4, lambda conn: conn.recv(10))
+
+    def script(conn: socket.socket) -> None:
+        while conn.recv(1 << 16):
+            pass
+
+    srv = Server(4, script)
     try:
-        open_conn(ctx, tap, h, 4, srv.port)
+        g = open_conn(ctx, tap, h, 4, srv.port)
         sock = the_conn(h).sock
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         with open("/proc/sys/net/core/wmem_max", encoding="ascii") as f:
             wmem_max = int(f.read())
-        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * min(1 << 20, wmem_max)
+        bulk_sndbuf = 2 * min(1 << 20, wmem_max)
+        assert sock.getsockopt(socket.SOL_SOCKET, tcp_mod.SO_TIMESTAMPING) == 0
+        g.send_data(b"q" * 100)
+        pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=2)
+        assert sock.getsockopt(socket.SOL_SOCKET, tcp_mod.SO_TIMESTAMPING) == 0
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) != bulk_sndbuf
+        blob = os.urandom(tcp_mod.BULK_BYTES)
+        for off in range(0, len(blob), 16384):
+            g.send_data(blob[off : off + 16384])
+            pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=2)
+        assert pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=3)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == bulk_sndbuf
         flags = sock.getsockopt(socket.SOL_SOCKET, tcp_mod.SO_TIMESTAMPING)
         assert flags == tcp_mod.ACK_TSTAMP_FLAGS
     finally:

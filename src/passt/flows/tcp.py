@@ -43,7 +43,9 @@ loopback path the peer's ACK often arrives inside send() already.  An
 ACK_POLL_S (10 ms) poll stays as a safety net while guest data is
 unacknowledged or our window is zero (notifications are charged to the
 receive buffer and dropped when it is full).  Host sockets get SO_SNDBUF =
-half of tcp_wmem's maximum: the window is capped by free send buffer, so a
+half of tcp_wmem's maximum (both options only once the guest has sent
+BULK_BYTES: short request/response flows skip their system calls and the
+per-send notifications): the window is capped by free send buffer, so a
 guest honouring it never fills the buffer, and the kernel's autotuning, which
 grows the buffer only after it ran full, would leave it at its initial
 ~64 KiB for the whole connection (seen: lock-step 34 KiB windows, 0.2-0.9
@@ -162,6 +164,8 @@ ACK_POLL_S: Final = 0.01
 ACK_DELAY_S: Final = 0.001
 DUP_ACK_THRESHOLD: Final = 3
 ACCEPT_BATCH: Final = 64
+#: A listener whose accept() failed for lack of descriptors rests this long.
+ACCEPT_BACKOFF_S: Final = 0.1
 EPOLL_BATCH: Final = 256
 #: Scratch for MSG_TRUNC drops and peeks without SO_PEEK_OFF (virtual until touched).
 SCRATCH_BYTES: Final = 16 << 20
@@ -176,6 +180,10 @@ ACK_TSTAMP_FLAGS: Final = (
 )
 #: Error-queue messages drained per flow and turn (each is one ACK notification).
 ERRQUEUE_BATCH: Final = 256
+#: Bytes of randomness fetched at once for initial sequence numbers.
+RANDOM_POOL_BYTES: Final = 4096
+#: Guest-to-host bytes after which a flow counts as bulk and gets SO_SNDBUF and ACK events.
+BULK_BYTES: Final = 64 << 10
 #: Send buffer asked for when /proc/sys/net/ipv4/tcp_wmem can't be read (Linux default max).
 SNDBUF_DEFAULT: Final = 4 << 20
 
@@ -221,7 +229,7 @@ class TcpConn:
         "g_isn", "rcvd", "ack_off", "ack_sent", "wnd_raw", "wnd_sent", "ws_to_guest",
         "acked_base", "no_tcpinfo", "peek_off", "truesize_ratio", "sndbuf", "in_delack",
         "sock_pending", "rdhup", "need_ack", "nudge", "sndbuf_full", "ack_all", "info_due",
-        "retransmit", "dirty", "in_poll",
+        "retransmit", "dirty", "in_poll", "bulk",
         "timer", "timer_cb", "rto", "retries", "rto_deadline", "syn_deadline",
         "last_activity",
     )  # fmt: skip
@@ -236,7 +244,7 @@ class TcpConn:
         self.state = 0
         self.closed = False
         #: Our initial sequence number towards the guest (RFC 6528: random).
-        self.isn = int.from_bytes(os.urandom(4), "big")
+        self.isn = _RANDOM.u32()
         #: Data bytes sent to the guest (next to send), acked by it, highest sent.
         self.sent = 0
         self.acked = 0
@@ -289,6 +297,8 @@ class TcpConn:
         self.retransmit = False
         self.dirty = False
         self.in_poll = False
+        #: Bulk options (SO_SNDBUF, ACK events) set: BULK_BYTES came from the guest.
+        self.bulk = False
         self.timer: Timer | None = None
         self.timer_cb: Callable[[float], None] | None = None
         self.rto = RTO_INIT_S
@@ -444,12 +454,13 @@ class TcpHandler:
             return
         family = socket.AF_INET if af == 4 else socket.AF_INET6
         try:
-            sock = self._socket(family, socket.SOCK_STREAM)
+            sock = self._socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError:
             counters.drop("tcp_socket")
             self._rst_unknown(af, src, dst, seg, plen)
             return
-        sock.setblocking(False)
+        if sock.gettimeout() != 0.0:
+            sock.setblocking(False)
         self._tune(sock)
         host = socket.inet_ntop(family, dst)
         addr: tuple[str, int] | tuple[str, int, int, int]
@@ -476,8 +487,12 @@ class TcpHandler:
             return
         counters.event("tcp_open_from_guest")
         self._arm(conn, conn.syn_deadline)
-        if rc == 0 or self._connected_now(conn):
+        if rc == 0:
             self._connect_done(conn, now)
+        else:
+            revents = self._connected_now(conn)
+            if revents:
+                self._connect_done(conn, now, clean=not revents & (select.POLLERR | select.POLLHUP))
 
     def _syn_params(self, conn: TcpConn, seg: TcpSegment, *, offered_ws: bool) -> None:
         """MSS and window scaling from the guest's SYN or SYN-ACK (RFC 7323 section 2.2)."""
@@ -616,6 +631,8 @@ class TcpHandler:
                 return
             conn.rcvd += sent
             conn.info_due = True
+            if not conn.bulk and conn.rcvd >= BULK_BYTES:
+                self._tune_bulk(conn)
             if sent < want:
                 conn.sndbuf_full = True
                 conn.ack_all = True
@@ -649,8 +666,13 @@ class TcpHandler:
                 sock, _peer = lsock.accept()
             except BlockingIOError:
                 return
-            except OSError:
+            except OSError as e:
                 counters.drop("tcp_accept")
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    # The connection stays queued and the listener readable: a
+                    # level-triggered loop would retry (and fail) every turn.
+                    counters.event("tcp_accept_backoff")
+                    ctx.loop.suspend(lsock.fileno(), ACCEPT_BACKOFF_S)
                 return
             if not self.accept_socket(sock, target_port, now):
                 _close_rst(sock)
@@ -702,12 +724,12 @@ class TcpHandler:
         conn = TcpConn(key, sock, tpl, now)
         conn.state = SYN_SENT
         conn.mss = self._our_mss4 if af == 4 else self._our_mss6
-        self._sock_ready(conn)
+        info = self._sock_ready(conn)
         if not self._register(conn):
             return True  # already closed with a reset
         counters.event("tcp_open_from_sock")
         opts = syn_options(self._our_mss4 if af == 4 else self._our_mss6, OUR_WS)
-        ctx.send(build_control(tpl, conn.isn, 0, SYN, self._initial_window(conn), opts))
+        ctx.send(build_control(tpl, conn.isn, 0, SYN, self._initial_window(conn, info), opts))
         conn.rto_deadline = now + conn.rto
         self._arm(conn, conn.rto_deadline)
         return True
@@ -726,11 +748,21 @@ class TcpHandler:
         for half of tcp_wmem's maximum gives the size autotuning would reach.
         SO_TIMESTAMPING TX_ACK: an error-queue event when the peer ACKs each
         send's last byte, so we reflect ACKs as they happen, not on a timer.
+        The last two only matter once the guest sends in bulk and cost two
+        system calls per connection, plus an error-queue wake-up per send:
+        they wait for BULK_BYTES of guest data (`_tune_bulk`), so short
+        request/response flows (TCP_CRR) never pay for them.
         """
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+    def _tune_bulk(self, conn: TcpConn) -> None:
+        """The guest sends in bulk: full send buffer and ACK events (see `_tune`)."""
+        conn.bulk = True
+        conn.sndbuf = 0  # re-read SO_MEMINFO: the buffer grows now
+        sock = conn.sock
         if self._sndbuf > 0:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._sndbuf)
@@ -758,8 +790,8 @@ class TcpHandler:
         self._by_fd[conn.fd] = conn
         return True
 
-    def _sock_ready(self, conn: TcpConn) -> None:
-        """A connected socket: set the peek offset, note the TCP_INFO baseline."""
+    def _sock_ready(self, conn: TcpConn) -> bytes:
+        """A connected socket: set the peek offset, note the TCP_INFO baseline (returned)."""
         try:
             conn.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
         except OSError:
@@ -768,13 +800,15 @@ class TcpHandler:
         info = self._tcp_info(conn.sock)
         if len(info) >= _TI_BYTES_ACKED_OFF + 8:
             (conn.acked_base,) = _TI_BYTES_ACKED.unpack_from(info, _TI_BYTES_ACKED_OFF)
+        return info
 
-    def _connected_now(self, conn: TcpConn) -> bool:
+    def _connected_now(self, conn: TcpConn) -> int:
         """Did the handshake already finish (a local or veth peer answers inside connect())?
 
         Answering the guest's SYN in this turn instead of at the next epoll
         wake-up saves one loop turn per connection (TCP_CRR).  A zero-timeout
         poll() sees writable (or an error) once the connect has completed.
+        Returns the poll events (0: still in progress).
         """
         poller = self._poll_out
         try:
@@ -782,39 +816,46 @@ class TcpHandler:
             ready = poller.poll(0)
             poller.unregister(conn.fd)
         except (OSError, ValueError):
-            return False
-        return bool(ready)
+            return 0
+        return ready[0][1] if ready else 0
 
-    def _connect_done(self, conn: TcpConn, now: float) -> None:
-        """The host connect() finished: SYN-ACK to the guest, or RST on failure."""
-        try:
-            err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        except OSError as e:
-            err = e.errno or errno.EIO
+    def _connect_done(self, conn: TcpConn, now: float, *, clean: bool = False) -> None:
+        """The host connect() finished: SYN-ACK to the guest, or RST on failure.
+
+        `clean`: poll() reported writable without error or hang-up, so
+        SO_ERROR has nothing to tell (one system call less per connection).
+        """
+        err = 0
+        if not clean:
+            try:
+                err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except OSError as e:
+                err = e.errno or errno.EIO
         if err:
             self.ctx.counters.event("tcp_connect_failed")
             frame = build_control(conn.tpl, 0, conn.g_isn + 1, RST | ACK, 0)
             self.ctx.send(frame)
             self._close(conn, rst=False)
             return
-        self._sock_ready(conn)
+        info = self._sock_ready(conn)
         conn.state = (conn.state & ~CONNECTING) | SYNACK_SENT
-        self._send_synack(conn)
+        self._send_synack(conn, info)
         conn.rto_deadline = now + conn.rto
         self._arm(conn, conn.rto_deadline)
 
-    def _initial_window(self, conn: TcpConn) -> int:
+    def _initial_window(self, conn: TcpConn, info: bytes | None = None) -> int:
         """Window for our SYN/SYN-ACK (never scaled): the peer's, at most 65535."""
-        info = self._tcp_info(conn.sock)
+        if info is None:
+            info = self._tcp_info(conn.sock)
         if len(info) < TCP_INFO_LEN:
             return SND_WND_FALLBACK
         (wnd,) = _TI_SND_WND.unpack_from(info, _TI_SND_WND_OFF)
         return min(int(wnd), 65535) if wnd else 65535
 
-    def _send_synack(self, conn: TcpConn) -> None:
+    def _send_synack(self, conn: TcpConn, info: bytes | None = None) -> None:
         ours = self._our_mss4 if conn.af == 4 else self._our_mss6
         opts = syn_options(ours, conn.ws_to_guest if conn.ws_to_guest else -1)
-        wnd = self._initial_window(conn)
+        wnd = self._initial_window(conn, info)
         ack = (conn.g_isn + 1) & _M
         self.ctx.send(build_control(conn.tpl, conn.isn, ack, SYN | ACK, wnd, opts))
         conn.ack_sent = ack
@@ -1234,10 +1275,8 @@ class TcpHandler:
         if conn.closed:
             return
         conn.closed = True
-        try:
-            self._ep.unregister(conn.fd)
-        except (OSError, ValueError):
-            pass
+        # No EPOLL_CTL_DEL: closing the (never duplicated) descriptor removes
+        # it from the inner epoll, one system call less per connection.
         if rst:
             _close_rst(conn.sock)
         else:
@@ -1431,6 +1470,27 @@ def _window_news(conn: TcpConn) -> bool:
         return True
     grow = (raw - sent) << conn.ws_to_guest
     return grow >= 2 * conn.mss and grow * 4 >= sent << conn.ws_to_guest
+
+
+class _RandomPool:
+    """Random 32-bit numbers from the kernel's CSPRNG, fetched in blocks (one getrandom per 1024 ISNs)."""
+
+    __slots__ = ("buf", "off")
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.off = 0
+
+    def u32(self) -> int:
+        off = self.off
+        if off + 4 > len(self.buf):
+            self.buf = os.urandom(RANDOM_POOL_BYTES)
+            off = 0
+        self.off = off + 4
+        return int.from_bytes(self.buf[off : off + 4], "big")
+
+
+_RANDOM: Final = _RandomPool()
 
 
 def _default_sndbuf() -> int:

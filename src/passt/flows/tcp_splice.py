@@ -86,6 +86,7 @@ from typing import Final
 
 from passt.context import Context
 from passt.flows.table import FLOW_MAX, FlowTable
+from passt.flows.tcp import ACCEPT_BACKOFF_S
 from passt.loop import EVENT_READ, Timer
 
 log = logging.getLogger("passt")
@@ -243,8 +244,11 @@ class SpliceHandler:
                 sock, peer = lsock.accept()
             except BlockingIOError:
                 return
-            except OSError:
+            except OSError as e:
                 counters.drop(f"{self.name}_accept")
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    # the listener stays readable: pause it rather than spin
+                    self.ctx.loop.suspend(lsock.fileno(), ACCEPT_BACKOFF_S)
                 return
             host: str = peer[0]
             if fallback is not None and not is_loopback_peer(host):

@@ -1,1 +1,0 @@
-"""Flows: translation between guest frames and host Layer-4 sockets."""

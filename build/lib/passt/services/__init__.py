@@ -1,1 +1,0 @@
-"""Built-in L2 services, sans-IO: a frame in, reply frames out, no sockets."""

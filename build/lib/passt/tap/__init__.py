@@ -1,1 +1,0 @@
-"""Tap back-ends: passt's UNIX stream socket and pasta's tap device."""

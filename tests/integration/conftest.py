@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,25 @@ def need(tool: str) -> str:
     if path is None:
         pytest.fail(f"{tool} not installed: run scripts/test-all (installs Debian packages)")
     return path
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `cond` every 20 ms until it holds (a readiness check, not a sleep); TimeoutError names `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(what)
+
+
+def accepts_unix(path: str) -> bool:
+    """True when something accepts connections on the UNIX socket `path`."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError:
+        return False
+    finally:
+        s.close()
+    return True

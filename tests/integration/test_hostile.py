@@ -39,6 +39,8 @@ import pytest
 
 from harness.netns import HOST_ADDR4, WAN_ADDR4, Topology
 from harness.netns.topology import HOST_IF, HOST_MAC, WAN_ADDR6, WAN_GW4, WAN_GW6
+from tests.integration.conftest import accepts_unix as _accepts
+from tests.integration.conftest import wait_until as _wait
 
 REPO: Final = Path(__file__).resolve().parent.parent.parent
 FUZZ_COUNT: Final = int(os.environ.get("PASST_HOSTILE_FUZZ_COUNT", "10000"))
@@ -112,24 +114,8 @@ while True:
 # --------------------------------------------------------------------------- helpers
 
 
-def _wait(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise TimeoutError(what)
 
 
-def _accepts(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return True
 
 
 def fd_count(pid: int) -> int:

@@ -14,26 +14,8 @@ from pathlib import Path
 import pytest
 
 from harness.netns import Topology
-
-
-def _wait(cond, timeout: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise TimeoutError(what)
-
-
-def _accepts(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-    except OSError:
-        return False
-    finally:
-        s.close()
-    return True
+from tests.integration.conftest import accepts_unix as _accepts
+from tests.integration.conftest import wait_until as _wait
 
 
 @pytest.mark.conformance("opt.foreground", "daemon.background-from-terminal")

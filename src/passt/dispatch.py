@@ -25,10 +25,7 @@ from typing import Final, Protocol
 
 from passt import log
 from passt.context import Context
-
-ETH_P_IP: Final = 0x0800
-ETH_P_ARP: Final = 0x0806
-ETH_P_IPV6: Final = 0x86DD
+from passt.wire.eth import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
 
 _IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
 _IPV6: Final = struct.Struct("!IHBB16s16s")

@@ -59,6 +59,15 @@ from passt.flows.udp import (
 )
 from passt.loop import EVENT_READ, Timer
 from passt.wire.checksum import csum_partial, finish, pseudo_sum6
+from passt.wire.icmp import (
+    ICMP_ECHO_HLEN,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMPV6_ECHO_REPLY,
+    ICMPV6_ECHO_REQUEST,
+    PROTO_ICMPV6,
+)
+from passt.wire.ipv4 import PROTO_ICMP
 
 log = logging.getLogger("passt")
 
@@ -69,13 +78,6 @@ ICMP_TIMER_INTERVAL_S: Final = 5.0
 #: Replies read per readiness event.
 ICMP_BATCH: Final = 32
 
-PROTO_ICMP: Final = 1
-PROTO_ICMPV6: Final = 58
-ICMP_ECHO_REQUEST: Final = 8
-ICMP_ECHO_REPLY: Final = 0
-ICMPV6_ECHO_REQUEST: Final = 128
-ICMPV6_ECHO_REPLY: Final = 129
-ICMP_ECHO_HLEN: Final = 8
 
 _ECHO: Final = struct.Struct("!BBHHH")
 _ID: Final = struct.Struct("!H")

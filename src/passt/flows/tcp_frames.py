@@ -32,13 +32,12 @@ import struct
 from typing import Final
 
 from passt.wire.checksum import csum_partial, pseudo_sum4, pseudo_sum6
+from passt.wire.eth import ETH_P_IP, ETH_P_IPV6
 from passt.wire.tcp import TCP_HLEN, build_tcp
 
 ETH_HLEN: Final = 14
 IP4_HLEN: Final = 20
 IP6_HLEN: Final = 40
-ETH_P_IP: Final = 0x0800
-ETH_P_IPV6: Final = 0x86DD
 IPPROTO_TCP: Final = 6
 #: IPv4 TTL and IPv6 hop limit of everything we send the guest.
 TTL: Final = 255

@@ -59,6 +59,8 @@ from passt.flows import nat
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
 from passt.loop import EVENT_READ, Timer
 from passt.wire.checksum import csum_partial, finish, pseudo_sum4, pseudo_sum6
+from passt.wire.eth import ETH_HLEN, ETH_P_IP, ETH_P_IPV6
+from passt.wire.udp import PROTO_UDP, UDP_HLEN
 
 log = logging.getLogger("passt")
 
@@ -75,16 +77,11 @@ UDP_EVICT_IDLE_S: Final = 30.0
 #: Eviction candidates examined per new flow: bounds the work one datagram can cause.
 UDP_EVICT_SCAN: Final = 32
 
-PROTO_UDP: Final = 17
-ETH_HLEN: Final = 14
-ETH_P_IP: Final = 0x0800
-ETH_P_IPV6: Final = 0x86DD
 #: Offset of the L4 header in the shared buffer: an IPv6 frame starts at 0,
 #: an IPv4 frame at L4_OFF6 - L4_OFF4 = 20.
 L4_OFF6: Final = ETH_HLEN + 40
 L4_OFF4: Final = ETH_HLEN + 20
 FRAME_OFF4: Final = L4_OFF6 - L4_OFF4
-UDP_HLEN: Final = 8
 PAYLOAD_OFF: Final = L4_OFF6 + UDP_HLEN
 #: Largest UDP payloads IP allows (65535 minus headers counted by the length fields).
 MAX_PAYLOAD4: Final = 65535 - 20 - UDP_HLEN

@@ -74,6 +74,8 @@ class EventLoop:
         self._deferred: list[TimerCallback] = []
         self._deferred_set: set[TimerCallback] = set()
         self._running = False
+        #: stop() was called, perhaps by a signal before run() started: run() returns at once.
+        self._stop_requested = False
         self._busy_poll = busy_poll
         #: Spin budget for the next wait: `busy_poll` after a turn with events, else 0.
         self._spin = 0.0
@@ -172,7 +174,9 @@ class EventLoop:
 
     # running -------------------------------------------------------------
     def stop(self) -> None:
+        """End run() after the current turn; called before run(), run() returns at once."""
         self._running = False
+        self._stop_requested = True
 
     def run_once(self, timeout: float | None = None) -> None:
         """One wake-up: wait, dispatch descriptors, due timers, deferred work."""
@@ -230,7 +234,7 @@ class EventLoop:
 
     def run(self) -> None:
         """Run until `stop()`."""
-        self._running = True
+        self._running = not self._stop_requested
         while self._running:
             self.run_once()
 

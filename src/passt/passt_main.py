@@ -88,6 +88,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         raise fail(str(exc)) from None
     log.setup("passt", debug=conf.debug, quiet=conf.quiet, stderr=conf.stderr, log_file=conf.log_file)
+    # The capture file exists before the socket does: a client that can
+    # connect may look for the capture at once.
+    try:
+        pcap = Pcap(conf.pcap) if conf.pcap else None
+    except OSError as exc:
+        raise fail(f"can't open capture file {conf.pcap}: {exc.strerror}; choose another with -p") from None
     listener, path = bind_socket(conf.socket_path)
     listener.setblocking(False)
     runtime = Runtime(conf, local_addrs=local_addresses())
@@ -104,8 +110,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         out += "    ./qrap 5 qemu-system-x86_64 ... -net socket,fd=5 -net nic,model=virtio\n"
         sys.stdout.write(out)
         sys.stdout.flush()
-    pcap = Pcap(conf.pcap) if conf.pcap else None
     loop = runtime.loop
+    # From the moment a client can connect, SIGTERM is an orderly stop
+    # (socket removed, capture closed), never the default abrupt death.
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    signal.signal(signal.SIGINT, lambda *_: loop.stop())
 
     def on_accept(_mask: int, _now: float) -> None:
         try:
@@ -137,8 +146,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         daemon.drop_privileges(conf.runas)
     except OSError as exc:
         raise fail(f"can't switch to --runas user: {exc.strerror}") from None
-    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
-    signal.signal(signal.SIGINT, lambda *_: loop.stop())
     try:
         loop.run()
     finally:

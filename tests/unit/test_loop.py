@@ -121,3 +121,14 @@ def test_busy_poll_catches_an_event_after_a_busy_turn() -> None:
         loop.close()
         os.close(r)
         os.close(w)
+
+
+def test_stop_before_run_is_not_lost() -> None:
+    """A SIGTERM handled before the loop starts (stop() first) still ends run() at once."""
+    loop = EventLoop()
+    fired: list[float] = []
+    loop.call_later(0.0, fired.append)
+    loop.stop()
+    loop.run()  # would spin forever if the early stop() were forgotten
+    assert fired == []
+    loop.close()

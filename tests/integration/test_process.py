@@ -8,6 +8,7 @@ import re
 import select
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -230,3 +231,81 @@ def test_pasta_opens_ping_group_range_in_namespace(topo: Topology, pasta_bin: st
               "print('ping socket ok')")
     res = topo.run(topo.host, [pasta_bin, "-q", "--", "python3", "-c", script])
     assert res.stdout.strip() == "ping socket ok", res.stderr
+
+
+#: Runs inside a private mount namespace: a tmpfs over /dev holding our own
+#: /dev/log (a datagram socket we read, as a syslog daemon would) beside the
+#: real null/zero/urandom/tty; then passt in the foreground, with
+#: standard error either a pipe or a terminal.  Prints what each sink got.
+_SYSLOG_PROBE = r"""
+import json, os, pty, select, socket, subprocess, sys, time
+passt, work, interactive = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+master, slave = pty.openpty()  # before /dev is replaced
+old = os.path.join(work, "olddev")
+os.mkdir(old)
+subprocess.run(["mount", "--rbind", "/dev", old], check=True)
+subprocess.run(["mount", "-t", "tmpfs", "probe-dev", "/dev"], check=True)
+for name in ("null", "zero", "urandom", "random", "tty"):
+    open(f"/dev/{name}", "w").close()
+    subprocess.run(["mount", "--bind", f"{old}/{name}", f"/dev/{name}"], check=True)
+log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+log.bind("/dev/log")
+os.chmod("/dev/log", 0o666)  # passt writes after dropping to nobody
+sock = os.path.join(work, "p.sock")
+if interactive:
+    proc = subprocess.Popen([passt, "-f", "-s", sock], stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    err_fd = master
+else:
+    proc = subprocess.Popen([passt, "-f", "-s", sock], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err_fd = proc.stderr.fileno()
+deadline = time.monotonic() + 20
+client = None
+while client is None and time.monotonic() < deadline:
+    try:
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(sock)
+        client = c
+    except OSError:
+        c.close()
+        time.sleep(0.05)
+syslog, stderr = [], b""
+log.settimeout(0.1)
+while time.monotonic() < deadline and not any("guest connected" in m for m in syslog):
+    try:
+        syslog.append(log.recv(4096).decode(errors="replace"))
+    except socket.timeout:
+        pass
+proc.terminate()
+proc.wait(10)
+while select.select([err_fd], [], [], 0.2)[0]:
+    try:
+        chunk = os.read(err_fd, 65536)
+    except OSError:
+        break
+    if not chunk:
+        break
+    stderr += chunk
+print(json.dumps({"syslog": syslog, "stderr": stderr.decode(errors="replace")}))
+"""
+
+
+@pytest.mark.parametrize("interactive", [False, True], ids=["pipe", "terminal"])
+@pytest.mark.conformance("log.default-destination")
+def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path, interactive: bool) -> None:
+    """Log lines reach the system logger (/dev/log) always, and stderr too unless it is a terminal."""
+    import json
+
+    script = tmp_path / "probe.py"
+    script.write_text(_SYSLOG_PROBE)
+    res = topo.run(topo.host, ["unshare", "-m", "--propagation", "private", sys.executable, str(script), passt_bin,
+                               str(tmp_path), "1" if interactive else "0"], timeout=60)
+    assert res.returncode == 0, res.stderr
+    seen = json.loads(res.stdout)
+    line = next((m for m in seen["syslog"] if "guest connected" in m), None)
+    # syslog(3)'s datagram: <facility*8+priority>timestamp ident[pid]: message (daemon.info = 30)
+    assert line is not None and re.match(r"<30>.*passt\[\d+\]: guest connected to ", line), seen
+    if interactive:
+        assert "guest connected" not in seen["stderr"], seen
+    else:
+        assert "guest connected" in seen["stderr"], seen

@@ -253,3 +253,35 @@ class _Conn:
 def test_window_news(raw: int, sent: int, news: bool) -> None:
     """Window-only updates: sent when the window closes, reopens or grows by a quarter, not for jitter."""
     assert tcp_mod._window_news(_Conn(raw, sent)) is news  # type: ignore[arg-type]
+
+
+def test_guest_fin_after_acked_data_is_acked_without_tcp_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Request, answer, guest FIN (TCP_CRR's close): the FIN is acknowledged in the same turn,
+    with no TCP_INFO call, because the peer had acknowledged every byte already."""
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(conn.recv(10).upper())
+        conn.recv(10)  # EOF
+
+    ctx, tap, h = make_handler()
+    srv = Server(4, script)
+    try:
+        g = open_conn(ctx, tap, h, 4, srv.port)
+        segs: list[Any] = []
+        g.send_data(b"q")
+        assert pump(ctx, lambda: gather(g, segs) and any(s.payload for s in segs))
+        g.absorb(segs)
+        assert the_conn(h).ack_off == the_conn(h).rcvd == 1
+        calls: list[object] = []
+        real = h._tcp_info
+        monkeypatch.setattr(h, "_tcp_info", lambda sock: calls.append(sock) or real(sock))
+        g.send("FA")
+        g.snd_nxt += 1
+        fin_ack = [s for s in g.take() if s.ack == g.snd_nxt]  # from_tap only: no loop turn yet
+        ctx.loop.run_once(0)
+        fin_ack += [s for s in g.take() if s.ack == g.snd_nxt]
+        assert fin_ack, "the guest's FIN was not acknowledged"
+        assert calls == []
+    finally:
+        h.close()
+        srv.close()

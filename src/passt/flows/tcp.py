@@ -196,6 +196,10 @@ _EP_ERR: Final = select.EPOLLERR
 _EP_HUP: Final = select.EPOLLHUP
 _EP_RDHUP: Final = select.EPOLLRDHUP
 _EP_MASK: Final = _EP_IN | _EP_OUT | _EP_RDHUP | select.EPOLLET
+#: A window below this may hold a guest back (its sender-side silly window
+#: avoidance waits for min(MSS, half the largest window seen)): keep asking
+#: TCP_INFO for news while ours is this small, even with nothing to acknowledge.
+WINDOW_SMALL: Final = 16384
 _MSG_ERRQUEUE: Final = 0x2000  # linux/socket.h
 
 # state bits
@@ -341,6 +345,10 @@ class TcpHandler:
         self._socket = socket_factory
         #: SO_SNDBUF asked for on host sockets (0: leave the kernel's autotuning alone).
         self._sndbuf = _default_sndbuf() if sndbuf is None else sndbuf
+        #: Send buffer of a fresh connection's socket, learned from the first
+        #: SO_MEMINFO read: new connections start from it (one system call
+        #: less per connection; see `_sndbuf_room`).
+        self._fresh_sndbuf = 0
         #: Ask the kernel to report peer ACKs on the error queue (SO_TIMESTAMPING TX_ACK).
         self._ack_events = ack_events
         self.flows: FlowTable[FlowKey, TcpConn] = FlowTable(capacity)
@@ -477,6 +485,7 @@ class TcpHandler:
         key: FlowKey = (af, src, seg.sport, dst, seg.dport)
         tpl = self._template(af, dst, src, seg.dport, seg.sport)
         conn = TcpConn(key, sock, tpl, now)
+        conn.sndbuf = self._fresh_sndbuf
         conn.state = CONNECTING
         conn.g_isn = seg.seq
         self._syn_params(conn, seg, offered_ws=seg.wscale >= 0)
@@ -639,8 +648,14 @@ class TcpHandler:
                 self.ctx.counters.event("tcp_sndbuf_full")
                 return
         if seg.flags & FIN:
-            conn.state |= GUEST_FIN
-            conn.info_due = True
+            if conn.ack_off >= conn.rcvd:
+                # The peer has acknowledged every byte already: the FIN can be
+                # acknowledged now, without asking TCP_INFO (TCP_CRR closes).
+                conn.state |= GUEST_FIN | GUEST_FIN_ACKED
+                conn.need_ack = True
+            else:
+                conn.state |= GUEST_FIN
+                conn.info_due = True
             try:
                 conn.sock.shutdown(socket.SHUT_WR)
             except OSError:
@@ -722,6 +737,7 @@ class TcpHandler:
         self._tune(sock)
         tpl = self._template(af, gsrc, gdst, key[4], target_port)
         conn = TcpConn(key, sock, tpl, now)
+        conn.sndbuf = self._fresh_sndbuf
         conn.state = SYN_SENT
         conn.mss = self._our_mss4 if af == 4 else self._our_mss6
         info = self._sock_ready(conn)
@@ -903,8 +919,12 @@ class TcpHandler:
                         continue
             if ev & (_EP_IN | _EP_RDHUP | _EP_HUP):
                 conn.sock_pending = True
-                # The peer's data carries its ACK: reflect it in the frames we build.
-                conn.info_due = True
+                # The peer's data carries its ACK: reflect it in the frames we
+                # build, unless it has nothing left to acknowledge and the window
+                # we announced is not small enough to hold the guest back (a
+                # close after request/response: one TCP_INFO less).
+                if conn.ack_off < conn.rcvd or (conn.wnd_raw << conn.ws_to_guest) < WINDOW_SMALL:
+                    conn.info_due = True
                 if ev & (_EP_RDHUP | _EP_HUP):
                     conn.rdhup = True
             if ev & _EP_OUT and conn.sndbuf_full:
@@ -958,7 +978,9 @@ class TcpHandler:
             return
         if conn.retransmit:
             self._rewind(conn)
-        if conn.info_due or conn.need_ack or conn.nudge:
+        # A pure ACK needs fresh TCP_INFO only while the peer still owes an
+        # acknowledgement (ack_off < rcvd): otherwise its number cannot move.
+        if conn.info_due or conn.nudge or (conn.need_ack and conn.ack_off < conn.rcvd):
             conn.info_due = False
             self._update_ack(conn)
             if conn.closed:
@@ -1104,6 +1126,8 @@ class TcpHandler:
         sndbuf: int = values[SK_MEMINFO_SNDBUF]
         queued: int = values[SK_MEMINFO_WMEM_QUEUED]
         conn.sndbuf = sndbuf
+        if not conn.bulk and not self._fresh_sndbuf:
+            self._fresh_sndbuf = sndbuf
         if queued > 0 and outq > 0:
             # Remember the last measurement: an empty queue says nothing, and
             # falling back to the default would make the window jump around.

@@ -256,12 +256,15 @@ def test_window_news(raw: int, sent: int, news: bool) -> None:
 
 
 def test_guest_fin_after_acked_data_is_acked_without_tcp_info(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Request, answer, guest FIN (TCP_CRR's close): the FIN is acknowledged in the same turn,
-    with no TCP_INFO call, because the peer had acknowledged every byte already."""
+    """Request, answer, guest FIN, peer closes (TCP_CRR's close): the guest's FIN is acknowledged
+    by our FIN, in one frame, and no TCP_INFO call was needed after the answer."""
+
+    monkeypatch.setattr(tcp_mod, "ACK_DELAY_S", 5.0)  # the peer's FIN comes first, however slow
 
     def script(conn: socket.socket) -> None:
         conn.sendall(conn.recv(10).upper())
-        conn.recv(10)  # EOF
+        conn.recv(10)  # EOF: the server closes at once
+        conn.close()
 
     ctx, tap, h = make_handler()
     srv = Server(4, script)
@@ -277,11 +280,46 @@ def test_guest_fin_after_acked_data_is_acked_without_tcp_info(monkeypatch: pytes
         monkeypatch.setattr(h, "_tcp_info", lambda sock: calls.append(sock) or real(sock))
         g.send("FA")
         g.snd_nxt += 1
-        fin_ack = [s for s in g.take() if s.ack == g.snd_nxt]  # from_tap only: no loop turn yet
-        ctx.loop.run_once(0)
-        fin_ack += [s for s in g.take() if s.ack == g.snd_nxt]
-        assert fin_ack, "the guest's FIN was not acknowledged"
+        segs = []
+        assert pump(ctx, lambda: gather(g, segs) and any(s.ack == g.snd_nxt for s in segs))
+        ctx.loop.run_once(0.05)
+        gather(g, segs)
+        acking = [s.flags for s in segs if s.ack == g.snd_nxt]
+        assert len(acking) == 1 and "F" in acking[0], acking  # our FIN, and no pure ACK besides
         assert calls == []
     finally:
+        h.close()
+        srv.close()
+
+
+def test_guest_fin_ack_not_held_when_peer_stays_open() -> None:
+    """Half-close: the peer keeps its side open, so the ACK of the guest's FIN goes out on its own
+    within ACK_DELAY_S, and the flow stays open for the peer's data."""
+
+    release = threading.Event()
+
+    def script(conn: socket.socket) -> None:
+        conn.recv(10)  # EOF
+        release.wait(5)
+        conn.sendall(b"late")
+
+    ctx, tap, h = make_handler()
+    srv = Server(4, script)
+    try:
+        g = open_conn(ctx, tap, h, 4, srv.port)
+        g.send("FA")
+        g.snd_nxt += 1
+        segs: list[Any] = []
+        t0 = time.monotonic()
+        assert pump(ctx, lambda: gather(g, segs) and any(s.ack == g.snd_nxt for s in segs))
+        assert time.monotonic() - t0 < 0.5
+        assert not any("F" in s.flags for s in segs)
+        g.absorb(segs)
+        release.set()
+        got: list[Any] = []
+        assert pump(ctx, lambda: gather(g, got) and any(s.payload for s in got))
+        assert b"".join(s.payload for s in got) == b"late"
+    finally:
+        release.set()
         h.close()
         srv.close()

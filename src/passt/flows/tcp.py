@@ -650,9 +650,10 @@ class TcpHandler:
         if seg.flags & FIN:
             if conn.ack_off >= conn.rcvd:
                 # The peer has acknowledged every byte already: the FIN can be
-                # acknowledged now, without asking TCP_INFO (TCP_CRR closes).
+                # acknowledged without asking TCP_INFO (TCP_CRR closes).  The
+                # ACK itself may wait a little (`_service`): the peer's own
+                # FIN usually follows at once and carries it.
                 conn.state |= GUEST_FIN | GUEST_FIN_ACKED
-                conn.need_ack = True
             else:
                 conn.state |= GUEST_FIN
                 conn.info_due = True
@@ -997,7 +998,10 @@ class TcpHandler:
             self._send_ack(conn, copies)
         elif ack != conn.ack_sent:
             small = conn.ack_sent >= 0 and ((ack - conn.ack_sent) & _M) < conn.mss
-            if small and not conn.state & GUEST_FIN:
+            # A guest FIN's ACK waits too while our FIN is still to come (it
+            # will carry the ACK: one frame less per close); once ours is
+            # out, the flow may end this turn, so the last ACK goes now.
+            if small and not (conn.state & GUEST_FIN and conn.state & FIN_SENT):
                 self._delay_ack(conn, now)
             else:
                 self._send_ack(conn)

@@ -51,7 +51,8 @@ grows the buffer only after it ran full, would leave it at its initial
 ~64 KiB for the whole connection (seen: lock-step 34 KiB windows, 0.2-0.9
 Gbit/s).  A pure ACK that
 covers less than one MSS of new data waits up to ACK_DELAY_S (1 ms) for a
-data frame to carry it (request/response: the peer's answer), and a window
+data frame to carry it (request/response: the peer's answer; the ACK of the
+guest's FIN likewise waits for our FIN while the peer has not closed), and a window
 change alone makes an ACK only when it closes, reopens or grows by a quarter
 (`_window_news`).  Where TCP_INFO is too short to carry tcpi_snd_wnd (Linux
 < 5.3), we fall back, as the man page's NOTES say, to a fixed 14600-byte

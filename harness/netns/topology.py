@@ -175,13 +175,13 @@ class Topology:
         self._procs.append(proc)
         return proc
 
-    def wait_listening(self, ns: str, port: int, *, udp: bool = False, timeout: float = 10) -> None:
-        """Wait until something in `ns` listens on `port` (a readiness check, not a sleep)."""
+    def wait_listening(self, ns: str, port: int, *, udp: bool = False, timeout: float = 10, count: int = 1) -> None:
+        """Wait until `count` sockets in `ns` listen on `port` (a readiness check, not a sleep)."""
         proto = "-lun" if udp else "-ltn"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             out = self.run(ns, ["ss", "-H", proto, f"sport = :{port}"]).stdout
-            if out.strip():
+            if len(out.strip().splitlines()) >= count:
                 return
             time.sleep(0.02)
         raise TimeoutError(f"nothing listens on port {port} in {ns}")
@@ -199,8 +199,20 @@ class Topology:
         self.wait_listening(ns or self.wan, port)
 
     def start_echo(self, ns: str | None = None, port: int = 7001, *, udp: bool = False) -> None:
-        """socat echo server (TCP or UDP) on every address."""
-        spec = f"UDP6-RECVFROM:{port},ipv6only=0,fork" if udp else f"TCP6-LISTEN:{port},ipv6only=0,reuseaddr,fork"
-        self.popen(ns or self.wan, ["socat", spec, "EXEC:cat"], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-        self.wait_listening(ns or self.wan, port, udp=udp)
+        """socat echo server (TCP or UDP) on every address.
+
+        UDP in wan: one server per wan address, each bound to it.  A wildcard UDP
+        socket answers IPv6 from the address routing picks (wan0's, not the
+        loopback one the client wrote to), and a connected client, such as the
+        host socket of a translated flow, rightly drops answers from elsewhere.
+        """
+        ns = ns or self.wan
+        if not udp:
+            specs = [f"TCP6-LISTEN:{port},ipv6only=0,reuseaddr,fork"]
+        elif ns == self.wan:
+            specs = [f"UDP4-RECVFROM:{port},bind={WAN_ADDR4},fork", f"UDP6-RECVFROM:{port},bind=[{WAN_ADDR6}],fork"]
+        else:
+            specs = [f"UDP6-RECVFROM:{port},ipv6only=0,fork"]
+        for spec in specs:
+            self.popen(ns, ["socat", spec, "EXEC:cat"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.wait_listening(ns, port, udp=udp, count=len(specs))

@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
+from ipaddress import IPv6Address
 from pathlib import Path
 
 import pytest
 
-from harness.netns import HOST_ADDR4, WAN_ADDR4, WAN_ADDR6, Topology
-from harness.netns.topology import WAN_GW4
+from harness.netns import HOST_ADDR4, HOST_ADDR6, WAN_ADDR4, WAN_ADDR6, Topology
+from harness.netns.topology import WAN_GW4, WAN_GW6
 from harness.qemu.guest import QemuGuest
 
 pytestmark = pytest.mark.qemu
@@ -84,24 +86,47 @@ def test_guest_iperf3_10s_no_stall(topo: Topology, guest: QemuGuest, reverse: bo
 
 @pytest.mark.passt_args("-t", "2222:22", "-u", "5353")
 @pytest.mark.conformance("example.passt.forward-2222", "opt.tcp-ports", "opt.udp-ports", "notes.nat.src-gateway",
-                         "ports.reachable", "passt.l4-sockets")
+                         "ports.reachable", "passt.l4-sockets", "notes.nat.dst-loopback", "notes.nat.ipv6-global",
+                         "notes.nat.example", "notes.nat.configured-fallback")
 def test_wan_reaches_guest_server_through_forwarding(topo: Topology, guest: QemuGuest) -> None:
     """-t 2222:22 reaches guest port 22 from wan (real peer) and host loopback; -u 5353 echoes; guest traffic leaves as the host's."""
-    guest.check("(socat TCP-LISTEN:22,reuseaddr,fork 'SYSTEM:echo peer=$SOCAT_PEERADDR; cat' &) ; "
+    guest.check("(socat TCP-LISTEN:22,reuseaddr,fork 'SYSTEM:echo peer=$SOCAT_PEERADDR local=$SOCAT_SOCKADDR; cat' &) ; "
+                "(socat TCP6-LISTEN:22,ipv6only=1,reuseaddr,fork "
+                "'SYSTEM:echo peer=$SOCAT_PEERADDR local=$SOCAT_SOCKADDR; cat' &) ; "
                 "(socat UDP-RECVFROM:5353,fork EXEC:cat &) ; "
                 "for i in $(seq 100); do netstat -ltnu | grep -q ':5353' && netstat -ltn | grep -q ':22 ' && break; "
                 "sleep 0.05; done", timeout=30)
     res = topo.run(topo.wan, ["socat", "-t", "3", "-", f"TCP:{HOST_ADDR4}:2222"], input="hello\n", timeout=30)
-    assert res.stdout.splitlines() == [f"peer={WAN_ADDR4}", "hello"], res.stderr
+    assert res.stdout.splitlines() == [f"peer={WAN_ADDR4} local={HOST_ADDR4}", "hello"], res.stderr
     for _ in range(3):  # a datagram may be lost on a loaded machine: ask again, as a client would
         res = topo.run(topo.wan, ["socat", "-t", "3", "-T", "3", "-", f"UDP:{HOST_ADDR4}:5353"], input="udp-echo\n",
                        timeout=30)
         if res.stdout.strip():
             break
     assert res.stdout.strip() == "udp-echo", res.stderr
-    # a local client on the host: its loopback source is shown to the guest as the gateway
-    res = topo.run(topo.host, ["socat", "-t", "3", "-", "TCP:127.0.0.1:2222"], input="local\n", timeout=30)
-    assert res.stdout.splitlines() == [f"peer={WAN_GW4}", "local"], res.stderr
+    # a local client on the host: its loopback source is shown to the guest as the gateway, and the
+    # loopback destination as the guest's address (the NOTES' example: 127.0.0.1 -> 127.0.0.10)
+    res = topo.run(topo.host, ["socat", "-t", "3", "-", "TCP:127.0.0.10:2222"], input="local\n", timeout=30)
+    assert res.stdout.splitlines() == [f"peer={WAN_GW4} local={HOST_ADDR4}", "local"], res.stderr
+    # IPv6 before the guest has used any global address: the configured one (fd77::2, which a
+    # DHCPv6 client would have taken; here added by hand) is the destination
+    guest.check(f"echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad; ip -6 addr add {HOST_ADDR6}/128 dev eth0",
+                timeout=30)
+    res = topo.run(topo.host, ["socat", "-t", "3", "-", "TCP6:[::1]:2222"], input="early\n", timeout=30)
+    early = re.fullmatch(r"peer=\[[0-9a-f:]+\] local=\[([0-9a-f:]+)\]", (res.stdout.splitlines() or [""])[0])
+    assert early is not None and IPv6Address(early[1]) == IPv6Address(HOST_ADDR6), res.stdout + res.stderr
+    # once the guest has used its SLAAC address (the latest global source seen), a connection
+    # to the host's ::1 reaches the guest at that observed address, from the gateway
+    # (wait for DAD to finish: a tentative address is not used as a source)
+    slaac = guest.check("for i in $(seq 100); do a=$(ip -6 -o addr show dev eth0 scope global | grep -v tentative | grep -v ' fd77::2/' | "
+                        "sed -n 's/.*inet6 \\([0-9a-f:]*\\)\\/64.*/\\1/p' | head -n 1); [ -n \"$a\" ] && break; "
+                        f"sleep 0.1; done; ping -6 -c 1 -W 5 -I $a {WAN_ADDR6} >/dev/null; echo $a", timeout=30).strip()
+    assert slaac.startswith("fd77::"), slaac
+    res = topo.run(topo.host, ["socat", "-t", "3", "-", "TCP6:[::1]:2222"], input="local6\n", timeout=30)
+    lines = res.stdout.splitlines()
+    seen = re.fullmatch(r"peer=\[([0-9a-f:]+)\] local=\[([0-9a-f:]+)\]", lines[0]) if lines else None
+    assert seen is not None and lines[1:] == ["local6"], res.stdout + res.stderr
+    assert IPv6Address(seen[1]) == IPv6Address(WAN_GW6) and IPv6Address(seen[2]) == IPv6Address(slaac), lines
     # the other way: the guest's connection and datagram reach wan from the host's own address,
     # as a local process's would (passt used host TCP and UDP sockets)
     topo.popen(topo.wan, ["socat", "TCP-LISTEN:9001,reuseaddr", "SYSTEM:echo tcp-peer=$SOCAT_PEERADDR"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from ipaddress import IPv6Address
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,119 @@ def test_ra_and_dhcpv6_carry_resolvers_search_list_and_mtu(topo: Topology, pasta
     assert ra[ICMPv6NDOptMTU].mtu == 1400
     assert reply[DHCP6OptDNSServers].dnsservers == ["fd77:1::53"]
     assert reply[DHCP6OptDNSDomains].dnsdomains == ["example.test."]
+
+
+@pytest.mark.conformance("opt.interface")
+def test_interface_option_picks_another_host_interface(topo: Topology, pasta_bin: str) -> None:
+    """-i alt0: addresses, routes and the namespace interface's name come from alt0, a second
+    uplink whose default route has a worse metric; without -i the first default route's wins."""
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", "-n", topo.host, *args], check=True, capture_output=True)
+
+    ip("link", "add", "alt0", "mtu", "9000", "type", "veth", "peer", "name", "alt0p")
+    ip("addr", "add", "192.0.2.5/24", "dev", "alt0")
+    ip("link", "set", "alt0", "up")
+    ip("link", "set", "alt0p", "up")
+    ip("route", "add", "default", "via", "192.0.2.1", "dev", "alt0", "metric", "500")
+    show = "ip -o -4 addr show scope global; ip -4 route show default; ip -o link show | grep -v ' lo:'"
+    res = _in_pasta(topo, pasta_bin, ["--config-net", "-i", "alt0"], show)
+    assert res.returncode == 0, res.stderr
+    assert re.search(r"^\d+: alt0\s+inet 192\.0\.2\.5/24 ", res.stdout, re.M), res.stdout
+    assert re.search(r"^default via 192\.0\.2\.1 dev alt0", res.stdout, re.M), res.stdout
+    assert re.search(r"^\d+: alt0: .* mtu 65520 ", res.stdout, re.M), res.stdout  # the tap's, not alt0's 9000
+    plain = _in_pasta(topo, pasta_bin, ["--config-net"], show)
+    assert re.search(rf"^\d+: {HOST_IF}\s+inet {re.escape(HOST_ADDR4)}/24 ", plain.stdout, re.M), plain.stdout
+
+
+@pytest.mark.conformance("host.ipv6-prefix", "ndp.ra.prefix")
+def test_slaac_prefix_when_host_address_is_a_128(topo: Topology, pasta_bin: str) -> None:
+    """The host holds fd77::2/128 only (as on many hosted VMs): the RA still announces a /64
+    that the namespace's kernel uses for SLAAC, and IPv6 reaches wan."""
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", "-n", topo.host, *args], check=True, capture_output=True)
+
+    ip("-6", "addr", "del", f"{HOST_ADDR6}/64", "dev", HOST_IF)
+    ip("-6", "addr", "add", f"{HOST_ADDR6}/128", "dev", HOST_IF, "nodad")
+    ip("-6", "route", "replace", f"{WAN_GW6}/128", "dev", HOST_IF)
+    ip("-6", "route", "replace", "default", "via", WAN_GW6, "dev", HOST_IF)
+    topo.start_echo(port=TCP_ECHO)
+    script = (
+        f"sysctl -qw net.ipv6.conf.{HOST_IF}.accept_dad=0; "
+        f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+        f"ip -o -6 addr show dev {HOST_IF} scope global; "
+        f"echo tcp6-ok | timeout 6 socat -t 2 - TCP:[{WAN_ADDR6}]:{TCP_ECHO},connect-timeout=2"
+    )
+    res = _in_pasta(topo, pasta_bin, [], script)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"inet6 fd77::[0-9a-f:]+/64 .*dynamic", res.stdout), res.stdout
+    assert res.stdout.strip().endswith("tcp6-ok"), res.stdout
+
+
+@pytest.mark.conformance("notes.nat.ipv6-linklocal")
+def test_link_local_destination_reaches_guest_link_local(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
+    """A host client connecting to the host's own link-local address on a forwarded port reaches
+    the namespace at its observed link-local address (not its global one)."""
+    done, info = tmp_path / "done", tmp_path / "info"
+    script = (
+        f"sysctl -qw net.ipv6.conf.{HOST_IF}.accept_dad=0; "
+        "socat TCP6-LISTEN:7100,ipv6only=1,reuseaddr,fork 'SYSTEM:echo local=$SOCAT_SOCKADDR' & "
+        f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+        f"ip -o -6 addr show dev {HOST_IF} scope link > {info}.tmp; mv {info}.tmp {info}; "
+        f"while [ ! -e {done} ]; do sleep 0.05; done; kill %1"
+    )
+    proc = topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "-t", "7100", "--", "sh", "-c", script])
+    try:
+        wait_until(info.exists, timeout=20, what="namespace ready")
+        ns_ll = re.search(r"inet6 (fe80::[0-9a-f:]+)/64", info.read_text())
+        assert ns_ll is not None, info.read_text()
+        host_ll = re.search(r"inet6 (fe80::[0-9a-f:]+)/64",
+                            topo.run(topo.host, ["ip", "-o", "-6", "addr", "show", "dev", HOST_IF, "scope", "link"]).stdout)
+        assert host_ll is not None
+        topo.wait_listening(topo.host, 7100)
+        res = topo.run(topo.host, ["socat", "-t", "3", "-", f"TCP6:[{host_ll[1]}%{HOST_IF}]:7100"], input="", timeout=30)
+        seen = re.fullmatch(r"local=\[([0-9a-f:]+)\]", res.stdout.strip())
+        assert seen is not None, res.stdout + res.stderr
+        assert IPv6Address(seen[1]) == IPv6Address(ns_ll[1]), (seen[1], ns_ll[1])
+    finally:
+        done.touch()
+        proc.wait(20)
+
+
+def _announced_windows(pcap: Path, port: int) -> list[int]:
+    """Windows (scaled) that pasta announced to the namespace on the connection to `port`, after its SYN-ACK."""
+    from scapy.all import TCP, rdpcap
+
+    shift, windows = 0, []
+    for pkt in rdpcap(str(pcap)):
+        if not pkt.haslayer(TCP) or pkt[TCP].sport != port:
+            continue
+        tcp = pkt[TCP]
+        if tcp.flags.S:
+            shift = dict(tcp.options).get("WScale", 0)
+            continue
+        windows.append(tcp.window << shift)
+    return windows
+
+
+@pytest.mark.parametrize("rcvbuf", [4096, 0], ids=["small-peer-window", "default-peer-window"])
+@pytest.mark.conformance("tcp.window-reflect", "tcp.tcp-info-window")
+def test_window_announced_to_namespace_follows_the_peer(topo: Topology, pasta_bin: str, tmp_path: Path,
+                                                        rcvbuf: int) -> None:
+    """A wan receiver with a 4 KiB receive buffer that reads late: every window pasta announces
+    to the namespace's sender stays that small (reflected from TCP_INFO), and the 1 MiB still
+    arrives whole; with a default buffer the windows open wide."""
+    pcap, sink = tmp_path / "cap.pcap", tmp_path / "sink"
+    opt = f",rcvbuf={rcvbuf}" if rcvbuf else ""
+    topo.popen(topo.wan, ["socat", "-u", f"TCP-LISTEN:9100,reuseaddr{opt}", f"SYSTEM:sleep 1; wc -c > {sink}"])
+    topo.wait_listening(topo.wan, 9100)
+    script = f"head -c 1048576 /dev/zero | socat -u - TCP:{WAN_ADDR4}:9100"
+    res = _in_pasta(topo, pasta_bin, ["--config-net", "-p", str(pcap)], script)
+    assert res.returncode == 0, res.stdout + res.stderr
+    wait_until(lambda: sink.exists() and sink.read_text().strip() != "", timeout=20, what="receiver done")
+    assert sink.read_text().split()[0] == "1048576"
+    windows = _announced_windows(pcap, 9100)
+    assert windows, "no frame from the peer's side captured"
+    if rcvbuf:
+        assert max(windows) <= 8192, sorted(set(windows))[-5:]
+    else:
+        assert max(windows) >= 65536, sorted(set(windows))[-5:]

@@ -414,3 +414,81 @@ def test_window_announced_to_namespace_follows_the_peer(topo: Topology, pasta_bi
         assert max(windows) <= 8192, sorted(set(windows))[-5:]
     else:
         assert max(windows) >= 65536, sorted(set(windows))[-5:]
+
+
+#: In the namespace: one ICMP echo request with identifier 4242 through a raw socket, then the
+#: identifier of the reply from wan (or "none" after 5 s).
+_ECHO_WITH_ID = r"""
+import socket, struct, sys, time
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF); s += s >> 16
+    return ~s & 0xFFFF
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+msg = struct.pack("!BBHHH", 8, 0, 0, 4242, 1) + b"fallback-id!"
+msg = msg[:2] + struct.pack("!H", csum(msg)) + msg[4:]
+raw.sendto(msg, (sys.argv[1], 0))
+raw.settimeout(0.5)
+deadline = time.monotonic() + 5
+while time.monotonic() < deadline:
+    try:
+        pkt = raw.recv(2048)
+    except socket.timeout:
+        continue
+    icmp = pkt[(pkt[0] & 0x0F) * 4:]
+    if icmp[0] == 0 and icmp[8:] == b"fallback-id!":
+        print("reply-id", struct.unpack("!H", icmp[4:6])[0]); break
+else:
+    print("reply-id none")
+"""
+
+#: In the host namespace: hold a ping socket bound to identifier 4242 until stdin closes.
+_HOLD_ID = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)
+s.bind(("0.0.0.0", 4242))
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+#: In wan: the identifier of the first echo request carrying our payload, as it arrived.
+_SEEN_ID = r"""
+import socket, struct
+raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+print("ready", flush=True)
+while True:
+    pkt = raw.recv(2048)
+    icmp = pkt[(pkt[0] & 0x0F) * 4:]
+    if icmp[0] == 8 and icmp[8:] == b"fallback-id!":
+        print("request-id", struct.unpack("!H", icmp[4:6])[0], flush=True)
+        break
+"""
+
+
+@pytest.mark.conformance("notes.icmp.fallback-id")
+def test_echo_identifier_taken_on_host_still_answers_with_the_guests_id(topo: Topology, pasta_bin: str,
+                                                                         tmp_path: Path) -> None:
+    """The host already has a ping socket on identifier 4242, so pasta cannot bind that one: it
+    sends with another identifier and maps the reply back to 4242 for the namespace."""
+    import sys
+
+    holder = topo.popen(topo.host, [sys.executable, "-c", _HOLD_ID], stdin=subprocess.PIPE)
+    seen = topo.popen(topo.wan, [sys.executable, "-c", _SEEN_ID])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        assert seen.stdout is not None and seen.stdout.readline().strip() == b"ready"
+        script = tmp_path / "echo.py"
+        script.write_text(_ECHO_WITH_ID)
+        res = topo.run(topo.host, [pasta_bin, "-q", "--config-net", "--", sys.executable, str(script), WAN_ADDR4],
+                       timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert res.stdout.split() == ["reply-id", "4242"], res.stdout + res.stderr
+        # ...while wan saw the request under another identifier
+        out, _ = seen.communicate(timeout=10)
+        words = out.decode().split()
+        assert words[:1] == ["request-id"] and words[1] != "4242", words
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)

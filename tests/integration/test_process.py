@@ -309,3 +309,47 @@ def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path,
         assert "guest connected" not in seen["stderr"], seen
     else:
         assert "guest connected" in seen["stderr"], seen
+
+
+@pytest.mark.conformance("summary.passt", "example.passt.summary")
+def test_passt_prints_the_examples_summary(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """passt -f -t 2222:22 prints the EXAMPLES' summary block for block: outbound interface, ARP,
+    DHCP and NDP/DHCPv6 (with the resolvers and search list of the host's resolv.conf), the socket."""
+    sock = str(tmp_path / "p.sock")
+    proc = topo.popen(topo.host, [passt_bin, "-f", "-s", sock, "-t", "2222:22"], stderr=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    out = b""
+    deadline = time.monotonic() + 20
+    try:
+        while b"UNIX domain socket bound at" not in out or not out.endswith(b"\n"):
+            assert time.monotonic() < deadline, out
+            if select.select([proc.stdout], [], [], 0.2)[0]:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                assert chunk, out  # EOF: passt exited
+                out += chunk
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    lines = out.decode().split("\n")
+    lines = lines[: next(i for i, line in enumerate(lines) if line.startswith("UNIX domain socket")) + 1]
+    assert lines == [
+        "Outbound interface: uplink0",
+        "ARP:",
+        "    address: 02:77:00:00:00:02",
+        "DHCP:",
+        "    assign: 10.77.0.2",
+        "    mask: 255.255.255.0",
+        "    router: 10.77.0.1",
+        "    DNS:",
+        "        10.77.1.53",
+        "    search:",
+        "        example.test",
+        "NDP/DHCPv6:",
+        "    assign: fd77::2",
+        "    router: fd77::1",
+        "    DNS:",
+        "        fd77:1::53",
+        "    search:",
+        "        example.test",
+        f"UNIX domain socket bound at {sock}",
+    ], "\n".join(lines)

@@ -24,6 +24,9 @@ from tests.integration.test_pasta_services import UDHCPC_SCRIPT, _lease
 TCP_ECHO = 7001
 UDP_ECHO = 7002
 
+#: Namespace shell: wait (at most 10 s) for the default route the kernel learns from our RA.
+WAIT_RA = "for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+
 #: Reaches wan by TCP, UDP (three tries: a datagram may be lost on a loaded machine) and
 #: ICMP, over IPv4 or IPv6, and prints one KIND=answer line each (empty when nothing came).
 PROBES = """
@@ -55,6 +58,11 @@ def _answers(out: str) -> dict[str, str]:
 def _in_pasta(topo: Topology, pasta_bin: str, args: list[str], script: str,
               timeout: float = 90) -> subprocess.CompletedProcess[str]:
     return topo.run(topo.host, [pasta_bin, "-q", *args, "--", "sh", "-ec", script], timeout=timeout)
+
+
+def _host_ip(topo: Topology, *args: str) -> None:
+    """`ip ARGS` in the test's host namespace (extra interfaces, addresses, routes)."""
+    subprocess.run(["ip", "-n", topo.host, *args], check=True, capture_output=True)
 
 
 def _echo_servers(topo: Topology) -> None:
@@ -108,7 +116,7 @@ def test_no_dhcp_leaves_udhcpc_without_lease_while_slaac_works(topo: Topology, p
     script = (
         f"sysctl -qw net.ipv6.conf.{HOST_IF}.accept_dad=0; "
         f"if udhcpc -f -q -n -t 2 -T 1 -i {HOST_IF} -s {hook} >/dev/null 2>&1; then echo DHCP=yes; else echo DHCP=no; fi; "
-        f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+        f"{WAIT_RA}"
         f"ip -o -6 addr show dev {HOST_IF} scope global"
     )
     res = _in_pasta(topo, pasta_bin, ["--no-dhcp"], script)
@@ -131,7 +139,7 @@ DHCLIENT6 = (
 def test_no_dhcpv6_leaves_dhclient6_without_address(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """--no-dhcpv6: dhclient -6 gets no reply and no /128; SLAAC still gives the /64."""
     script = DHCLIENT6.format(ifname=HOST_IF, tmp=tmp_path) + (
-        f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+        f"{WAIT_RA}"
         f"ip -o -6 addr show dev {HOST_IF} scope global"
     )
     res = _in_pasta(topo, pasta_bin, ["--no-dhcpv6"], script)
@@ -282,7 +290,7 @@ def test_ra_and_dhcpv6_carry_resolvers_search_list_and_mtu(topo: Topology, pasta
 
     pcap = tmp_path / "cap.pcap"
     script = DHCLIENT6.format(ifname=HOST_IF, tmp=tmp_path) + (
-        f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+        f"{WAIT_RA}"
         f"echo V6MTU=$(cat /proc/sys/net/ipv6/conf/{HOST_IF}/mtu); cat {tmp_path}/dh6.leases"
     )
     res = _in_pasta(topo, pasta_bin, ["-p", str(pcap), "-D", "fd77:1::53", "-S", "example.test",
@@ -304,14 +312,11 @@ def test_ra_and_dhcpv6_carry_resolvers_search_list_and_mtu(topo: Topology, pasta
 def test_interface_option_picks_another_host_interface(topo: Topology, pasta_bin: str) -> None:
     """-i alt0: addresses, routes and the namespace interface's name come from alt0, a second
     uplink whose default route has a worse metric; without -i the first default route's wins."""
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", "-n", topo.host, *args], check=True, capture_output=True)
-
-    ip("link", "add", "alt0", "mtu", "9000", "type", "veth", "peer", "name", "alt0p")
-    ip("addr", "add", "192.0.2.5/24", "dev", "alt0")
-    ip("link", "set", "alt0", "up")
-    ip("link", "set", "alt0p", "up")
-    ip("route", "add", "default", "via", "192.0.2.1", "dev", "alt0", "metric", "500")
+    _host_ip(topo, "link", "add", "alt0", "mtu", "9000", "type", "veth", "peer", "name", "alt0p")
+    _host_ip(topo, "addr", "add", "192.0.2.5/24", "dev", "alt0")
+    _host_ip(topo, "link", "set", "alt0", "up")
+    _host_ip(topo, "link", "set", "alt0p", "up")
+    _host_ip(topo, "route", "add", "default", "via", "192.0.2.1", "dev", "alt0", "metric", "500")
     show = "ip -o -4 addr show scope global; ip -4 route show default; ip -o link show | grep -v ' lo:'"
     res = _in_pasta(topo, pasta_bin, ["--config-net", "-i", "alt0"], show)
     assert res.returncode == 0, res.stderr
@@ -326,17 +331,14 @@ def test_interface_option_picks_another_host_interface(topo: Topology, pasta_bin
 def test_slaac_prefix_when_host_address_is_a_128(topo: Topology, pasta_bin: str) -> None:
     """The host holds fd77::2/128 only (as on many hosted VMs): the RA still announces a /64
     that the namespace's kernel uses for SLAAC, and IPv6 reaches wan."""
-    def ip(*args: str) -> None:
-        subprocess.run(["ip", "-n", topo.host, *args], check=True, capture_output=True)
-
-    ip("-6", "addr", "del", f"{HOST_ADDR6}/64", "dev", HOST_IF)
-    ip("-6", "addr", "add", f"{HOST_ADDR6}/128", "dev", HOST_IF, "nodad")
-    ip("-6", "route", "replace", f"{WAN_GW6}/128", "dev", HOST_IF)
-    ip("-6", "route", "replace", "default", "via", WAN_GW6, "dev", HOST_IF)
+    _host_ip(topo, "-6", "addr", "del", f"{HOST_ADDR6}/64", "dev", HOST_IF)
+    _host_ip(topo, "-6", "addr", "add", f"{HOST_ADDR6}/128", "dev", HOST_IF, "nodad")
+    _host_ip(topo, "-6", "route", "replace", f"{WAN_GW6}/128", "dev", HOST_IF)
+    _host_ip(topo, "-6", "route", "replace", "default", "via", WAN_GW6, "dev", HOST_IF)
     topo.start_echo(port=TCP_ECHO)
     script = (
         f"sysctl -qw net.ipv6.conf.{HOST_IF}.accept_dad=0; "
-        f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+        f"{WAIT_RA}"
         f"ip -o -6 addr show dev {HOST_IF} scope global; "
         f"echo tcp6-ok | timeout 6 socat -t 2 - TCP:[{WAN_ADDR6}]:{TCP_ECHO},connect-timeout=2"
     )
@@ -354,7 +356,7 @@ def test_link_local_destination_reaches_guest_link_local(topo: Topology, pasta_b
     script = (
         f"sysctl -qw net.ipv6.conf.{HOST_IF}.accept_dad=0; "
         "socat TCP6-LISTEN:7100,ipv6only=1,reuseaddr,fork 'SYSTEM:echo local=$SOCAT_SOCKADDR' & "
-        f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+        f"{WAIT_RA}"
         f"ip -o -6 addr show dev {HOST_IF} scope link > {info}.tmp; mv {info}.tmp {info}; "
         f"while [ ! -e {done} ]; do sleep 0.05; done; kill %1"
     )

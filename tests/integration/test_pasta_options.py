@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from ipaddress import IPv6Address
 from pathlib import Path
 
@@ -18,8 +19,8 @@ import pytest
 
 from harness.netns import HOST_ADDR4, HOST_ADDR6, WAN_GW4, Topology
 from harness.netns.topology import HOST_IF, HOST_MAC, WAN_ADDR4, WAN_ADDR6, WAN_GW6
+from tests.integration.clients import in_pasta, udhcpc_hook, udhcpc_lease
 from tests.integration.conftest import wait_until
-from tests.integration.test_pasta_services import UDHCPC_SCRIPT, _lease
 
 TCP_ECHO = 7001
 UDP_ECHO = 7002
@@ -28,25 +29,23 @@ UDP_ECHO = 7002
 WAIT_RA = "for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
 
 #: Reaches wan by TCP, UDP (three tries: a datagram may be lost on a loaded machine) and
-#: ICMP, over IPv4 or IPv6, and prints one KIND=answer line each (empty when nothing came).
+#: ICMP, over IPv4 or IPv6, and prints one KIND{tag}=answer line each (empty when nothing came).
 PROBES = """
-probe() {{
-    t=$(echo tcp-ok | timeout 6 socat -t 2 - TCP:{addr}:{tcp},connect-timeout=2 2>/dev/null || true)
-    echo "TCP=$t"
-    u=
-    for i in 1 2 3; do
-        u=$(echo udp-ok | timeout 4 socat -T 1 - UDP:{addr}:{udp} 2>/dev/null || true)
-        [ -n "$u" ] && break
-    done
-    echo "UDP=$u"
-    if ping -c 1 -W 2 {ping} >/dev/null 2>&1; then echo ICMP=icmp-ok; else echo ICMP=; fi
-}}
-probe
+t=$(echo tcp-ok | timeout 6 socat -t 2 - TCP:{sock_addr}:{tcp},connect-timeout=2 2>/dev/null || true)
+echo "TCP{tag}=$t"
+u=
+for i in 1 2 3; do
+    u=$(echo udp-ok | timeout 4 socat -T 1 - UDP:{sock_addr}:{udp} 2>/dev/null || true)
+    [ -n "$u" ] && break
+done
+echo "UDP{tag}=$u"
+if ping -c 1 -W 2 {addr} >/dev/null 2>&1; then echo ICMP{tag}=icmp-ok; else echo ICMP{tag}=; fi
 """
 
 
-def _probes(addr: str, ping: str) -> str:
-    return PROBES.format(addr=addr, tcp=TCP_ECHO, udp=UDP_ECHO, ping=ping)
+def _probes(addr: str, tag: str = "") -> str:
+    sock_addr = f"[{addr}]" if ":" in addr else addr
+    return PROBES.format(addr=addr, sock_addr=sock_addr, tcp=TCP_ECHO, udp=UDP_ECHO, tag=tag)
 
 
 def _answers(out: str) -> dict[str, str]:
@@ -55,14 +54,9 @@ def _answers(out: str) -> dict[str, str]:
     return found
 
 
-def _in_pasta(topo: Topology, pasta_bin: str, args: list[str], script: str,
-              timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return topo.run(topo.host, [pasta_bin, "-q", *args, "--", "sh", "-ec", script], timeout=timeout)
-
-
 def _host_ip(topo: Topology, *args: str) -> None:
     """`ip ARGS` in the test's host namespace (extra interfaces, addresses, routes)."""
-    subprocess.run(["ip", "-n", topo.host, *args], check=True, capture_output=True)
+    topo.run(topo.host, ["ip", *args], check=True)
 
 
 def _echo_servers(topo: Topology) -> None:
@@ -75,7 +69,7 @@ def _echo_servers(topo: Topology) -> None:
 def test_protocol_switches_drop_only_their_protocol(topo: Topology, pasta_bin: str, switch: str) -> None:
     """Each --no-PROTO makes that protocol's traffic from the namespace go nowhere; the other two still work."""
     _echo_servers(topo)
-    res = _in_pasta(topo, pasta_bin, ["--config-net", switch], _probes(WAN_ADDR4, WAN_ADDR4))
+    res = in_pasta(topo, pasta_bin, ["--config-net", switch], _probes(WAN_ADDR4))
     assert res.returncode == 0, res.stdout + res.stderr
     got = _answers(res.stdout)
     expected = {"TCP": "tcp-ok", "UDP": "udp-ok", "ICMP": "icmp-ok"}
@@ -110,16 +104,14 @@ def test_protocol_switches_open_nothing_on_the_host(topo: Topology, pasta_bin: s
 @pytest.mark.conformance("opt.no-dhcp")
 def test_no_dhcp_leaves_udhcpc_without_lease_while_slaac_works(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """--no-dhcp: udhcpc gets no answer; the kernel's SLAAC (NDP) is unaffected."""
-    hook = tmp_path / "udhcpc.sh"
-    hook.write_text(UDHCPC_SCRIPT)
-    hook.chmod(0o755)
+    hook = udhcpc_hook(tmp_path)
     script = (
         f"sysctl -qw net.ipv6.conf.{HOST_IF}.accept_dad=0; "
         f"if udhcpc -f -q -n -t 2 -T 1 -i {HOST_IF} -s {hook} >/dev/null 2>&1; then echo DHCP=yes; else echo DHCP=no; fi; "
         f"{WAIT_RA}"
         f"ip -o -6 addr show dev {HOST_IF} scope global"
     )
-    res = _in_pasta(topo, pasta_bin, ["--no-dhcp"], script)
+    res = in_pasta(topo, pasta_bin, ["--no-dhcp"], script)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "DHCP=no" in res.stdout, res.stdout
     assert re.search(r"inet6 fd77::\S+/64 .*dynamic", res.stdout), res.stdout
@@ -142,7 +134,7 @@ def test_no_dhcpv6_leaves_dhclient6_without_address(topo: Topology, pasta_bin: s
         f"{WAIT_RA}"
         f"ip -o -6 addr show dev {HOST_IF} scope global"
     )
-    res = _in_pasta(topo, pasta_bin, ["--no-dhcpv6"], script)
+    res = in_pasta(topo, pasta_bin, ["--no-dhcpv6"], script)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "DHCPV6=no" in res.stdout and f"{HOST_ADDR6}/128" not in res.stdout, res.stdout
     assert re.search(r"inet6 fd77::\S+/64 .*dynamic", res.stdout), res.stdout
@@ -159,7 +151,7 @@ def test_no_ra_and_no_ndp(topo: Topology, pasta_bin: str, tmp_path: Path, switch
         f"ping -6 -c 1 -W 2 fe80::1%{HOST_IF} >/dev/null 2>&1 || true; "
         f"ip -6 neigh show fe80::1 dev {HOST_IF}"
     )
-    res = _in_pasta(topo, pasta_bin, [switch], script)
+    res = in_pasta(topo, pasta_bin, [switch], script)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "DHCPV6=yes" in res.stdout and f"inet6 {HOST_ADDR6}/128" in res.stdout, res.stdout
     assert "proto ra" not in res.stdout and "/64" not in res.stdout, res.stdout
@@ -182,11 +174,10 @@ def test_single_family(topo: Topology, pasta_bin: str, switch: str) -> None:
         f"for i in $(seq 50); do ip -6 route show default | grep -q . && break; sleep 0.1; done; "
         f"echo V4ADDR=$(ip -o -4 addr show dev {HOST_IF} | wc -l); "
         f"echo V6ADDR=$(ip -o -6 addr show dev {HOST_IF} scope global | wc -l); "
-        + _probes(WAN_ADDR4, WAN_ADDR4).replace("TCP=", "TCP4=").replace("UDP=", "UDP4=").replace("ICMP=", "ICMP4=")
-        + _probes(f"[{WAN_ADDR6}]", WAN_ADDR6).replace("TCP=", "TCP6=").replace("UDP=", "UDP6=").replace("ICMP=", "ICMP6=")
+        + _probes(WAN_ADDR4, "4")
+        + _probes(WAN_ADDR6, "6")
     )
-    args = ["--config-net"] + ([switch] if switch else [])
-    res = _in_pasta(topo, pasta_bin, args, script, timeout=120)
+    res = in_pasta(topo, pasta_bin, ["--config-net", switch], script, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
     got = dict(line.split("=", 1) for line in res.stdout.splitlines() if re.match(r"^[A-Z0-9]+=", line))
     v4 = switch == "-4"
@@ -203,9 +194,7 @@ def test_address_and_gateway_given_per_family(topo: Topology, pasta_bin: str, tm
     """-a and -g once per family (-n 24 keeps wan off-link, so traffic goes through the router):
     udhcpc leases the given IPv4 address and router (ARP for the
     router, and for any other address, answers with our MAC); the IPv6 address goes to dhclient -6."""
-    hook = tmp_path / "udhcpc.sh"
-    hook.write_text(UDHCPC_SCRIPT)
-    hook.chmod(0o755)
+    hook = udhcpc_hook(tmp_path)
     addr4, gw4, addr6 = "10.77.0.50", "10.77.0.254", "fd77::50"
     script = (
         f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} 2>&1; "
@@ -215,9 +204,9 @@ def test_address_and_gateway_given_per_family(topo: Topology, pasta_bin: str, tm
         + DHCLIENT6.format(ifname=HOST_IF, tmp=tmp_path)
         + f"ip -o -6 addr show dev {HOST_IF} scope global"
     )
-    res = _in_pasta(topo, pasta_bin, ["-a", addr4, "-n", "24", "-a", addr6, "-g", gw4, "-g", "fe80::99"], script)
+    res = in_pasta(topo, pasta_bin, ["-a", addr4, "-n", "24", "-a", addr6, "-g", gw4, "-g", "fe80::99"], script)
     assert res.returncode == 0, res.stdout + res.stderr
-    lease = _lease(res.stdout)
+    lease = udhcpc_lease(res.stdout)
     assert (lease["ip"], lease["router"]) == (addr4, gw4), lease
     assert "PING4=ok" in res.stdout, res.stdout
     for neighbour in (gw4, "10.77.0.99"):
@@ -293,7 +282,7 @@ def test_ra_and_dhcpv6_carry_resolvers_search_list_and_mtu(topo: Topology, pasta
         f"{WAIT_RA}"
         f"echo V6MTU=$(cat /proc/sys/net/ipv6/conf/{HOST_IF}/mtu); cat {tmp_path}/dh6.leases"
     )
-    res = _in_pasta(topo, pasta_bin, ["-p", str(pcap), "-D", "fd77:1::53", "-S", "example.test",
+    res = in_pasta(topo, pasta_bin, ["-p", str(pcap), "-D", "fd77:1::53", "-S", "example.test",
                                       "-m", "1400"], script)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "V6MTU=1400" in res.stdout, res.stdout
@@ -318,12 +307,12 @@ def test_interface_option_picks_another_host_interface(topo: Topology, pasta_bin
     _host_ip(topo, "link", "set", "alt0p", "up")
     _host_ip(topo, "route", "add", "default", "via", "192.0.2.1", "dev", "alt0", "metric", "500")
     show = "ip -o -4 addr show scope global; ip -4 route show default; ip -o link show | grep -v ' lo:'"
-    res = _in_pasta(topo, pasta_bin, ["--config-net", "-i", "alt0"], show)
+    res = in_pasta(topo, pasta_bin, ["--config-net", "-i", "alt0"], show)
     assert res.returncode == 0, res.stderr
     assert re.search(r"^\d+: alt0\s+inet 192\.0\.2\.5/24 ", res.stdout, re.M), res.stdout
     assert re.search(r"^default via 192\.0\.2\.1 dev alt0", res.stdout, re.M), res.stdout
     assert re.search(r"^\d+: alt0: .* mtu 65520 ", res.stdout, re.M), res.stdout  # the tap's, not alt0's 9000
-    plain = _in_pasta(topo, pasta_bin, ["--config-net"], show)
+    plain = in_pasta(topo, pasta_bin, ["--config-net"], show)
     assert re.search(rf"^\d+: {HOST_IF}\s+inet {re.escape(HOST_ADDR4)}/24 ", plain.stdout, re.M), plain.stdout
 
 
@@ -342,7 +331,7 @@ def test_slaac_prefix_when_host_address_is_a_128(topo: Topology, pasta_bin: str)
         f"ip -o -6 addr show dev {HOST_IF} scope global; "
         f"echo tcp6-ok | timeout 6 socat -t 2 - TCP:[{WAN_ADDR6}]:{TCP_ECHO},connect-timeout=2"
     )
-    res = _in_pasta(topo, pasta_bin, [], script)
+    res = in_pasta(topo, pasta_bin, [], script)
     assert res.returncode == 0, res.stdout + res.stderr
     assert re.search(r"inet6 fd77::[0-9a-f:]+/64 .*dynamic", res.stdout), res.stdout
     assert res.stdout.strip().endswith("tcp6-ok"), res.stdout
@@ -406,7 +395,7 @@ def test_window_announced_to_namespace_follows_the_peer(topo: Topology, pasta_bi
     topo.popen(topo.wan, ["socat", "-u", f"TCP-LISTEN:9100,reuseaddr{opt}", f"SYSTEM:sleep 1; wc -c > {sink}"])
     topo.wait_listening(topo.wan, 9100)
     script = f"head -c 1048576 /dev/zero | socat -u - TCP:{WAN_ADDR4}:9100"
-    res = _in_pasta(topo, pasta_bin, ["--config-net", "-p", str(pcap)], script)
+    res = in_pasta(topo, pasta_bin, ["--config-net", "-p", str(pcap)], script)
     assert res.returncode == 0, res.stdout + res.stderr
     wait_until(lambda: sink.exists() and sink.read_text().strip() != "", timeout=20, what="receiver done")
     assert sink.read_text().split()[0] == "1048576"
@@ -473,8 +462,6 @@ def test_echo_identifier_taken_on_host_still_answers_with_the_guests_id(topo: To
                                                                          tmp_path: Path) -> None:
     """The host already has a ping socket on identifier 4242, so pasta cannot bind that one: it
     sends with another identifier and maps the reply back to 4242 for the namespace."""
-    import sys
-
     holder = topo.popen(topo.host, [sys.executable, "-c", _HOLD_ID], stdin=subprocess.PIPE)
     seen = topo.popen(topo.wan, [sys.executable, "-c", _SEEN_ID])
     try:

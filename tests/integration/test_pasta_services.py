@@ -15,34 +15,8 @@ import pytest
 
 from harness.netns import HOST_ADDR4, HOST_ADDR6, WAN_GW4, Topology
 from harness.netns.topology import HOST_IF, HOST_MAC, WAN_ADDR4, WAN_GW6
+from tests.integration.clients import in_pasta, udhcpc_hook, udhcpc_lease
 from tests.integration.conftest import unprivileged
-
-UDHCPC_SCRIPT = """#!/bin/sh
-# minimal udhcpc hook: apply the lease the way a distribution's script does
-case "$1" in
-bound|renew)
-    ip addr add "$ip/$mask" dev "$interface"
-    [ -n "$router" ] && ip route add default via "$router" dev "$interface"
-    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
-    for v in ip mask router dns domain search mtu lease; do eval "echo LEASE_$v=\\\"\\$$v\\\""; done ;;
-esac
-exit 0
-"""
-
-
-def _lease(out: str) -> dict[str, str]:
-    """The variables udhcpc handed our hook script (LEASE_name="value" lines)."""
-    found = {}
-    for line in out.splitlines():
-        if line.startswith("LEASE_"):
-            key, _, value = line[6:].partition("=")
-            found[key] = value.strip('"')
-    assert found, out
-    return found
-
-
-def _in_pasta(topo: Topology, pasta_bin: str, args: list[str], script: str, timeout: float = 60):
-    return topo.run(topo.host, [pasta_bin, "-q", *args, "--", "sh", "-ec", script], timeout=timeout)
 
 
 @pytest.mark.conformance(
@@ -53,17 +27,15 @@ def _in_pasta(topo: Topology, pasta_bin: str, args: list[str], script: str, time
 )
 def test_udhcpc_gets_host_address_and_options(topo: Topology, pasta_bin: str, tmp_path) -> None:
     """udhcpc in the namespace leases the host's address, mask, router (our MAC: the host's), and the -D/-S/-m values."""
-    hook = tmp_path / "udhcpc.sh"
-    hook.write_text(UDHCPC_SCRIPT)
-    hook.chmod(0o755)
+    hook = udhcpc_hook(tmp_path)
     script = (
         f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} -O search -O mtu 2>&1; "
         f"ip -o -4 addr show dev {HOST_IF}; ip -4 route show; "
         f"ping -c 1 -W 3 {WAN_ADDR4} >/dev/null; ip -4 neigh show dev {HOST_IF}"
     )
-    res = _in_pasta(topo, pasta_bin, ["-D", "10.77.1.53", "-S", "example.test corp.test", "-m", "1500"], script)
+    res = in_pasta(topo, pasta_bin, ["-D", "10.77.1.53", "-S", "example.test corp.test", "-m", "1500"], script)
     assert res.returncode == 0, res.stdout + res.stderr
-    fields = _lease(res.stdout)
+    fields = udhcpc_lease(res.stdout)
     assert fields["ip"] == HOST_ADDR4
     assert fields["mask"] == "24"
     assert fields["router"] == WAN_GW4
@@ -80,12 +52,10 @@ def test_udhcpc_gets_host_address_and_options(topo: Topology, pasta_bin: str, tm
 @pytest.mark.conformance("dns.pasta-none", "opt.mtu.default-none", "search.pasta-none")
 def test_udhcpc_pasta_sends_no_dns_by_default(topo: Topology, pasta_bin: str, tmp_path) -> None:
     """In pasta mode no DNS servers or search list are sent unless -D/-S give them."""
-    hook = tmp_path / "udhcpc.sh"
-    hook.write_text(UDHCPC_SCRIPT)
-    hook.chmod(0o755)
-    res = _in_pasta(topo, pasta_bin, [], f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} -O search 2>&1")
+    hook = udhcpc_hook(tmp_path)
+    res = in_pasta(topo, pasta_bin, [], f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} -O search 2>&1")
     assert res.returncode == 0, res.stdout + res.stderr
-    fields = _lease(res.stdout)
+    fields = udhcpc_lease(res.stdout)
     assert fields["dns"] == "" and fields["search"] == ""
     assert fields["mtu"] == "65520"  # today's passt default, as the EXAMPLES show
 
@@ -100,7 +70,7 @@ def test_dhclient6_gets_host_ipv6_address(topo: Topology, pasta_bin: str, tmp_pa
         f"dhclient -6 -1 -v -lf {lease} -pf {tmp_path}/dh.pid -sf /sbin/dhclient-script {HOST_IF} 2>&1; "
         f"ip -o -6 addr show dev {HOST_IF}; kill $(cat {tmp_path}/dh.pid) 2>/dev/null || true"
     )
-    res = _in_pasta(topo, pasta_bin, [], script)
+    res = in_pasta(topo, pasta_bin, [], script)
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"inet6 {HOST_ADDR6}/128" in res.stdout, res.stdout
 
@@ -115,7 +85,7 @@ def test_kernel_slaac_takes_prefix_and_default_route(topo: Topology, pasta_bin: 
         # fd77::/64 is on-link: the kernel solicits fd77::1 itself (NS) and needs our NA to ping it
         f"ping -6 -c 1 -W 3 {WAN_GW6}; ip -6 neigh show {WAN_GW6} dev {HOST_IF}"
     )
-    res = _in_pasta(topo, pasta_bin, [], script)
+    res = in_pasta(topo, pasta_bin, [], script)
     assert res.returncode == 0, res.stdout + res.stderr
     assert re.search(r"^default via fe80::\S+ dev \S+ proto ra", res.stdout, re.M), res.stdout
     assert "proto ra" in res.stdout
@@ -129,9 +99,7 @@ def test_kernel_slaac_takes_prefix_and_default_route(topo: Topology, pasta_bin: 
                          "example.pasta.ip-route")
 def test_man_page_example_sequence(topo: Topology, pasta_bin: str, tmp_path) -> None:
     """The EXAMPLES session: udhcpc, dhclient -6, then `ip address show` and the routes look like the man page."""
-    hook = tmp_path / "udhcpc.sh"
-    hook.write_text(UDHCPC_SCRIPT)
-    hook.chmod(0o755)
+    hook = udhcpc_hook(tmp_path)
     script = (
         f"for i in $(seq 100); do ip -6 addr show dev {HOST_IF} scope link | grep -q tentative || break; sleep 0.05; done; "
         f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} >/dev/null 2>&1; "
@@ -140,7 +108,7 @@ def test_man_page_example_sequence(topo: Topology, pasta_bin: str, tmp_path) -> 
         f"kill $(cat {tmp_path}/p6) 2>/dev/null; "
         "echo ADDR; ip address show; echo ROUTE4; ip route show; echo ROUTE6; ip -6 route show"
     )
-    res = _in_pasta(topo, pasta_bin, [], script)
+    res = in_pasta(topo, pasta_bin, [], script)
     assert res.returncode == 0, res.stdout + res.stderr
     addr, rest = res.stdout.split("ADDR", 1)[1].split("ROUTE4")
     route4, route6 = rest.split("ROUTE6")
@@ -165,9 +133,7 @@ def test_udhcpc_sees_overrides_from_unprivileged_pasta(topo: Topology, pasta_bin
     """pasta as nobody, no capability: udhcpc leases -a with its class mask, -g, both -D; -M answers ARP; wan pings."""
     shared = Path(tempfile.mkdtemp(prefix="pt-hook-"))  # nobody can't see tmp_path (mode 0700)
     shared.chmod(0o755)
-    hook = shared / "udhcpc.sh"
-    hook.write_text(UDHCPC_SCRIPT)
-    hook.chmod(0o755)
+    hook = udhcpc_hook(shared)
     script = (
         "grep -E '^CapBnd' /proc/$PPID/status; cat /proc/self/uid_map; "
         f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} 2>&1; "
@@ -183,7 +149,7 @@ def test_udhcpc_sees_overrides_from_unprivileged_pasta(topo: Topology, pasta_bin
     # pasta itself (the command's parent) runs as nobody: no capability in the init namespace
     assert re.search(r"^CapBnd:\s+0+$", res.stdout, re.M), res.stdout
     assert re.search(r"^\s*0\s+65534\s+1$", res.stdout, re.M), res.stdout  # its user namespace maps nobody
-    fields = _lease(res.stdout)
+    fields = udhcpc_lease(res.stdout)
     assert fields["ip"] == "172.20.0.5"
     assert fields["mask"] == "16"  # no host address matches: class B (RFC 4632 section 3.1)
     assert fields["router"] == "172.20.0.1"

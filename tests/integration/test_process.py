@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -294,8 +295,6 @@ print(json.dumps({"syslog": syslog, "stderr": stderr.decode(errors="replace")}))
 @pytest.mark.conformance("log.default-destination")
 def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path, interactive: bool) -> None:
     """Log lines reach the system logger (/dev/log) always, and stderr too unless it is a terminal."""
-    import json
-
     script = tmp_path / "probe.py"
     script.write_text(_SYSLOG_PROBE)
     res = topo.run(topo.host, ["unshare", "-m", "--propagation", "private", sys.executable, str(script), passt_bin,

@@ -239,7 +239,7 @@ class TcpConn:
         "last_activity",
     )  # fmt: skip
 
-    def __init__(self, key: FlowKey, sock: socket.socket, tpl: FrameTemplate, now: float) -> None:
+    def __init__(self, key: FlowKey, sock: socket.socket, tpl: FrameTemplate, now: float, sndbuf: int = 0) -> None:
         #: (af, guest address, guest port, remote address as the guest sees it, remote port).
         self.key = key
         self.af = key[0]
@@ -282,8 +282,8 @@ class TcpConn:
         self.peek_off = True
         #: Payload bytes per byte of send-buffer truesize, as last measured.
         self.truesize_ratio = TRUESIZE_RATIO_DEFAULT
-        #: SO_SNDBUF as last seen (SO_MEMINFO); 0: not known yet.
-        self.sndbuf = 0
+        #: SO_SNDBUF as last seen (SO_MEMINFO, at first the handler's fresh-socket figure); 0: not known yet.
+        self.sndbuf = sndbuf
         #: Waiting in the handler's delayed-ACK list.
         self.in_delack = False
         #: The socket may hold data not peeked yet (edge-triggered readiness seen).
@@ -485,8 +485,7 @@ class TcpHandler:
             return
         key: FlowKey = (af, src, seg.sport, dst, seg.dport)
         tpl = self._template(af, dst, src, seg.dport, seg.sport)
-        conn = TcpConn(key, sock, tpl, now)
-        conn.sndbuf = self._fresh_sndbuf
+        conn = TcpConn(key, sock, tpl, now, self._fresh_sndbuf)
         conn.state = CONNECTING
         conn.g_isn = seg.seq
         self._syn_params(conn, seg, offered_ws=seg.wscale >= 0)
@@ -649,14 +648,12 @@ class TcpHandler:
                 self.ctx.counters.event("tcp_sndbuf_full")
                 return
         if seg.flags & FIN:
-            if conn.ack_off >= conn.rcvd:
-                # The peer has acknowledged every byte already: the FIN can be
-                # acknowledged without asking TCP_INFO (TCP_CRR closes).  The
-                # ACK itself may wait a little (`_service`): the peer's own
-                # FIN usually follows at once and carries it.
-                conn.state |= GUEST_FIN | GUEST_FIN_ACKED
-            else:
-                conn.state |= GUEST_FIN
+            conn.state |= GUEST_FIN
+            # With every byte already acknowledged by the peer, the FIN is
+            # acknowledged without asking TCP_INFO (TCP_CRR closes).  The ACK
+            # itself may wait a little (`_service`): the peer's own FIN
+            # usually follows at once and carries it.
+            if not _ack_guest_fin(conn):
                 conn.info_due = True
             try:
                 conn.sock.shutdown(socket.SHUT_WR)
@@ -738,8 +735,7 @@ class TcpHandler:
             return False
         self._tune(sock)
         tpl = self._template(af, gsrc, gdst, key[4], target_port)
-        conn = TcpConn(key, sock, tpl, now)
-        conn.sndbuf = self._fresh_sndbuf
+        conn = TcpConn(key, sock, tpl, now, self._fresh_sndbuf)
         conn.state = SYN_SENT
         conn.mss = self._our_mss4 if af == 4 else self._our_mss6
         info = self._sock_ready(conn)
@@ -1103,9 +1099,7 @@ class TcpHandler:
                     wnd = room
         if ack_off > conn.ack_off:
             conn.ack_off = ack_off
-        state = conn.state
-        if state & GUEST_FIN and not state & GUEST_FIN_ACKED and conn.ack_off >= conn.rcvd:
-            conn.state = state | GUEST_FIN_ACKED
+        _ack_guest_fin(conn)
         raw = wnd >> conn.ws_to_guest
         conn.wnd_raw = raw if raw < 65535 else 65535
 
@@ -1479,6 +1473,15 @@ class TcpHandler:
             return socket.if_nametoindex(self.ctx.conf.out_ifname)
         except OSError:
             return 0
+
+
+def _ack_guest_fin(conn: TcpConn) -> bool:
+    """A guest FIN counts as acknowledged once the peer acknowledged all the guest's data; True if so."""
+    state = conn.state
+    if not state & GUEST_FIN or conn.ack_off < conn.rcvd:
+        return False
+    conn.state = state | GUEST_FIN_ACKED
+    return True
 
 
 def _window_news(conn: TcpConn) -> bool:

@@ -196,6 +196,49 @@ class Config:
     #: --config-net: configure address, routes, MTU and link up through netlink.
     config_net: bool = False
 
+    # options today's callers pass (Podman, libvirt, RootlessKit): parsed by cli.py
+    #: -1/--one-off (passt): quit when the first guest disconnects.
+    one_off: bool = False
+    #: -F/--fd: an inherited descriptor (passt: connected guest socket; pasta: tap).
+    fd: int | None = None
+    #: --log-size: bound of the --log-file in bytes; None: unbounded.
+    log_size: int | None = None
+    #: --trace: per-packet debug messages (implies debug).
+    trace: bool = False
+    #: -H/--hostname and --fqdn: handed to the guest (DHCP 12 / 81, DHCPv6 39).
+    hostname: str | None = None
+    fqdn: str | None = None
+    #: --dns-forward: guest-visible DNS address(es) answered through the host's resolver.
+    dns_forward4: IPv4Address | None = None
+    dns_forward6: IPv6Address | None = None
+    #: --dns-host: where queries to dns_forward* go (default: the host's first resolver).
+    dns_host4: IPv4Address | None = None
+    dns_host6: IPv6Address | None = None
+    #: --no-map-gw given (equivalent to --map-host-loopback none).
+    no_map_gw: bool = False
+    #: --map-host-loopback: guest-side address standing for the host's loopback; None: none.
+    map_host_loopback4: IPv4Address | None = None
+    map_host_loopback6: IPv6Address | None = None
+    #: --map-guest-addr: guest-side address standing for the host's own address the guest shadows.
+    map_guest_addr4: IPv4Address | None = None
+    map_guest_addr6: IPv6Address | None = None
+    #: -o/--outbound: source address bound for host sockets; --outbound-if4/6: interface bound.
+    outbound4: IPv4Address | None = None
+    outbound6: IPv6Address | None = None
+    outbound_if4: str | None = None
+    outbound_if6: str | None = None
+    #: -c/--conf-path: the control socket (docs/control.md); None: no control socket.
+    conf_path: str | None = None
+    # pasta only, callers' options
+    #: --netns-only: join/create only the network namespace, not a user namespace.
+    netns_only: bool = False
+    #: --no-netns-quit: keep running when the namespace (or TARGET_PID) goes away.
+    no_netns_quit: bool = False
+    #: --ns-mac-addr: MAC address given to the namespace's tap; None: kernel's choice.
+    ns_mac_addr: bytes | None = None
+    #: --no-splice: no loopback bypass; everything goes through the tap.
+    splice: bool = True
+
     @property
     def tap_name(self) -> str:
         return self.ns_ifname or self.out_ifname

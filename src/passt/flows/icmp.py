@@ -48,7 +48,6 @@ from passt.context import Context
 from passt.flows import nat
 from passt.flows.sockets import SOCK_FAMILY, SocketFactory, dst_forwardable, link_scope, sockaddr_of
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
-from passt.flows.udp import L4_OFF6, ip4_fixed_sum, write_l2l3
 from passt.loop import EVENT_READ, Timer
 from passt.wire.checksum import csum_partial, finish, pseudo_sum6
 from passt.wire.icmp import (
@@ -60,6 +59,7 @@ from passt.wire.icmp import (
     PROTO_ICMPV6,
 )
 from passt.wire.ipv4 import PROTO_ICMP
+from passt.wire.l2l3 import L2L3_HLEN6, L2L3Template
 
 log = logging.getLogger("passt")
 
@@ -92,11 +92,11 @@ class IcmpFlow:
     """One echo flow: the guest's identifier towards one remote."""
 
     __slots__ = ("key", "af", "guest_id", "remote", "guest_addr", "sock", "fallback", "last",
-                 "ip4_sum", "psum", "sockaddr")  # fmt: skip
+                 "our_mac", "tpl", "psum", "sockaddr")  # fmt: skip
 
     def __init__(
         self, key: tuple[int, int, bytes], sock: socket.socket, *, guest_addr: bytes,
-        fallback: bool, now: float, scope: int,
+        fallback: bool, now: float, scope: int, mac: bytes, our_mac: bytes,
     ) -> None:  # fmt: skip
         af, gid, remote = key
         self.key = key
@@ -109,18 +109,30 @@ class IcmpFlow:
         self.fallback = fallback
         self.last = now
         self.sockaddr = sockaddr_of(af, remote, 0, scope)
-        self.guest_addr = b""
-        self.ip4_sum = 0
-        self.psum = 0
-        self.set_guest_addr(guest_addr)
+        self.our_mac = our_mac
+        self.guest_addr = guest_addr
+        #: Ethernet + IP headers of replies (rebuilt when the guest's MAC or address changes).
+        self.tpl = self._template(mac)
+        #: ICMPv6 pseudo-header sum without the length (0 for ICMP, which has none).
+        self.psum = pseudo_sum6(remote, guest_addr, PROTO_ICMPV6, 0) if af == 6 else 0
 
-    def set_guest_addr(self, addr: bytes) -> None:
-        """Destination of replies (the request's source); header sums follow it."""
+    def _template(self, mac: bytes) -> L2L3Template:
+        proto = PROTO_ICMP if self.af == 4 else PROTO_ICMPV6
+        return L2L3Template(self.af, mac, self.our_mac, self.remote, self.guest_addr, proto)
+
+    def set_guest_addr(self, addr: bytes, mac: bytes) -> None:
+        """Destination of replies (the request's source); headers and sums follow it."""
         self.guest_addr = addr
-        if self.af == 4:
-            self.ip4_sum = ip4_fixed_sum(self.remote, addr, PROTO_ICMP)
-        else:
+        self.tpl = self._template(mac)
+        if self.af == 6:
             self.psum = pseudo_sum6(self.remote, addr, PROTO_ICMPV6, 0)
+
+    def template(self, mac: bytes) -> L2L3Template:
+        """The reply headers for the guest's current MAC."""
+        tpl = self.tpl
+        if tpl.dst_mac is not mac:
+            tpl = self.tpl = self._template(mac)
+        return tpl
 
 
 class IcmpHandler:
@@ -143,12 +155,12 @@ class IcmpHandler:
         self._socket = socket_factory
         self.flows: FlowTable[tuple[int, int, bytes], IcmpFlow] = FlowTable(capacity)
         self._timer: Timer | None = None
-        self._buf = bytearray(L4_OFF6 + 65535)
+        self._buf = bytearray(L2L3_HLEN6 + 65535)
         self._mv = memoryview(self._buf)
         mtu = ctx.conf.tap_mtu
         self._room4 = max(0, min(65535 - 20, mtu - 20))
         self._room6 = max(0, min(65535, mtu - 40))
-        self._rx = self._mv[L4_OFF6 : L4_OFF6 + max(self._room4, self._room6)]
+        self._rx = self._mv[L2L3_HLEN6 : L2L3_HLEN6 + max(self._room4, self._room6)]
 
     # guest -> host ---------------------------------------------------------
     def from_tap(self, af: int, src: bytes, dst: bytes, l4: memoryview, now: float) -> None:
@@ -174,7 +186,7 @@ class IcmpHandler:
             if flow is None:
                 return
         elif flow.guest_addr != src:
-            flow.set_guest_addr(src)
+            flow.set_guest_addr(src, self.ctx.guest.mac)
         flow.last = now
         try:
             flow.sock.sendto(l4, flow.sockaddr)
@@ -219,7 +231,8 @@ class IcmpHandler:
             fallback = True
             counters.event("icmp_id_fallback")
         flow = IcmpFlow(key, sock, guest_addr=src, fallback=fallback, now=now,
-                        scope=link_scope(self.ctx.conf.out_ifname, af, dst))  # fmt: skip
+                        scope=link_scope(self.ctx.conf.out_ifname, af, dst),
+                        mac=self.ctx.guest.mac, our_mac=self.ctx.conf.our_mac)  # fmt: skip
         self.flows.add(key, flow)
         self.ctx.loop.register(sock.fileno(), EVENT_READ, lambda _m, t: self._sock_ready(flow, t))
         counters.event("icmp_flow")
@@ -249,23 +262,16 @@ class IcmpHandler:
             if n > room:
                 counters.drop("icmp_too_big")
                 continue
-            if n < ICMP_ECHO_HLEN or buf[L4_OFF6] != reply:
+            if n < ICMP_ECHO_HLEN or buf[L2L3_HLEN6] != reply:
                 counters.drop("icmp_reply_bad")
                 continue
             flow.last = now
-            _ID.pack_into(buf, L4_OFF6 + 4, flow.guest_id)
-            _ID.pack_into(buf, L4_OFF6 + 2, 0)
-            msg = mv[L4_OFF6 : L4_OFF6 + n]
-            if af == 4:
-                csum = finish(csum_partial(msg))
-                proto = PROTO_ICMP
-            else:
-                csum = finish(csum_partial(msg, flow.psum + n))
-                proto = PROTO_ICMPV6
-            _ID.pack_into(buf, L4_OFF6 + 2, csum)
-            start = write_l2l3(buf, af, ctx.guest.mac, ctx.conf.our_mac, flow.remote,
-                               flow.guest_addr, proto, n, flow.ip4_sum)  # fmt: skip
-            ctx.send(bytes(mv[start : L4_OFF6 + n]))
+            _ID.pack_into(buf, L2L3_HLEN6 + 4, flow.guest_id)
+            _ID.pack_into(buf, L2L3_HLEN6 + 2, 0)
+            msg = mv[L2L3_HLEN6 : L2L3_HLEN6 + n]
+            _ID.pack_into(buf, L2L3_HLEN6 + 2, finish(csum_partial(msg, flow.psum + n if af == 6 else 0)))
+            start = flow.template(ctx.guest.mac).write(buf, L2L3_HLEN6, n)
+            ctx.send(bytes(mv[start : L2L3_HLEN6 + n]))
 
     # lifetime ----------------------------------------------------------------
     def _arm(self, now: float) -> None:

@@ -72,7 +72,8 @@ from passt.flows.sockets import (
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
 from passt.loop import EVENT_READ, Timer
 from passt.wire.checksum import csum_partial, finish, pseudo_sum4, pseudo_sum6
-from passt.wire.eth import ETH_HLEN, ETH_P_IP, ETH_P_IPV6
+from passt.wire.eth import ETH_HLEN
+from passt.wire.l2l3 import L2L3Template
 from passt.wire.udp import PROTO_UDP, UDP_HLEN
 
 log = logging.getLogger("passt")
@@ -103,55 +104,16 @@ MAX_PAYLOAD6: Final = 65535 - UDP_HLEN
 
 _UDP: Final = struct.Struct("!HHHH")
 _CSUM: Final = struct.Struct("!H")
-_ETH_IP4: Final = struct.Struct("!6s6sHBBHHHBBH4s4s")
-_ETH_IP6: Final = struct.Struct("!6s6sHIHBB16s16s")
 
 _DHCP_PORT4: Final = 67
 _DHCP_PORT6: Final = 547
-
-def ip4_fixed_sum(src: bytes, dst: bytes, proto: int) -> int:
-    """One's complement sum of the IPv4 header words that do not change per frame.
-
-    Version/IHL 0x45, DF set, TTL 255, identification and TOS zero: adding the
-    total length and complementing gives the header checksum.
-    """
-    return pseudo_sum4(src, dst, 0, 0) + 0x4500 + 0x4000 + (0xFF00 | proto)
-
-
-def write_l2l3(
-    buf: bytearray,
-    af: int,
-    dst_mac: bytes,
-    src_mac: bytes,
-    src: bytes,
-    dst: bytes,
-    proto: int,
-    l4_len: int,
-    ip4_sum: int,
-) -> int:
-    """Write Ethernet + IP headers ending at the fixed L4 offset; returns the frame start.
-
-    `ip4_sum` is `ip4_fixed_sum(src, dst, proto)` (ignored for IPv6).
-    """
-    if af == 4:
-        tot = 20 + l4_len
-        _ETH_IP4.pack_into(
-            buf, FRAME_OFF4, dst_mac, src_mac, ETH_P_IP,
-            0x45, 0, tot, 0, 0x4000, 255, proto, finish(ip4_sum + tot), src, dst,
-        )  # fmt: skip
-        return FRAME_OFF4
-    _ETH_IP6.pack_into(
-        buf, 0, dst_mac, src_mac, ETH_P_IPV6, 0x60000000, l4_len, proto, 255, src, dst
-    )
-    return 0
-
 
 class UdpFlow:
     """One UDP flow: guest-side tuple, host socket, precomputed header sums."""
 
     __slots__ = (
         "key", "af", "guest_addr", "guest_port", "peer_addr", "peer_port", "sock",
-        "inbound", "host_peer", "cmsg", "last", "ip4_sum", "psum", "replied",
+        "inbound", "host_peer", "cmsg", "last", "tpl", "psum", "replied",
     )  # fmt: skip
 
     def __init__(
@@ -161,6 +123,8 @@ class UdpFlow:
         *,
         inbound: bool,
         now: float,
+        mac: bytes,
+        our_mac: bytes,
         host_peer: SockAddr | None = None,
         cmsg: Ancillary | None = None,
     ) -> None:
@@ -183,7 +147,8 @@ class UdpFlow:
         self.last = now
         #: A datagram came back on this flow (eviction prefers flows that never got one).
         self.replied = False
-        self.ip4_sum = ip4_fixed_sum(paddr, gaddr, PROTO_UDP) if af == 4 else 0
+        #: Ethernet + IP headers towards the guest (rebuilt if the guest's MAC changes).
+        self.tpl = L2L3Template(af, mac, our_mac, paddr, gaddr, PROTO_UDP)
         if af == 4:
             self.psum = pseudo_sum4(paddr, gaddr, PROTO_UDP, 0)
         else:
@@ -296,7 +261,8 @@ class UdpHandler:
             sock.close()
             counters.drop("udp_connect_error")
             return None
-        flow = UdpFlow(key, sock, inbound=False, now=now)
+        ctx = self.ctx
+        flow = UdpFlow(key, sock, inbound=False, now=now, mac=ctx.guest.mac, our_mac=ctx.conf.our_mac)
         self.flows.add(key, flow)
         order = self._order
         order.append(key)
@@ -390,7 +356,8 @@ class UdpHandler:
             cmsg = pktinfo_cmsg(socket.IPPROTO_IPV6, ldst if af == 6 else nat.V4MAPPED_PREFIX + ldst)
         else:
             cmsg = pktinfo_cmsg(socket.IPPROTO_IP, ldst)
-        flow = UdpFlow(key, sock, inbound=True, now=now, host_peer=peer, cmsg=cmsg)
+        flow = UdpFlow(key, sock, inbound=True, now=now, mac=ctx.guest.mac, our_mac=ctx.conf.our_mac,
+                       host_peer=peer, cmsg=cmsg)  # fmt: skip
         self.flows.add(key, flow)
         ctx.counters.event("udp_flow_in")
         self._arm(now)
@@ -417,10 +384,11 @@ class UdpHandler:
         csum = finish(csum_partial(self._mv[L4_OFF6 : L4_OFF6 + ulen], flow.psum + ulen)) or 0xFFFF
         _CSUM.pack_into(buf, L4_OFF6 + 6, csum)
         ctx = self.ctx
-        start = write_l2l3(
-            buf, flow.af, ctx.guest.mac, ctx.conf.our_mac, flow.peer_addr, flow.guest_addr,
-            PROTO_UDP, ulen, flow.ip4_sum,
-        )  # fmt: skip
+        tpl = flow.tpl
+        if tpl.dst_mac is not ctx.guest.mac:
+            tpl = flow.tpl = L2L3Template(flow.af, ctx.guest.mac, ctx.conf.our_mac, flow.peer_addr,
+                                          flow.guest_addr, PROTO_UDP)  # fmt: skip
+        start = tpl.write(buf, L4_OFF6, ulen)
         ctx.send(bytes(self._mv[start : L4_OFF6 + ulen]))
 
     # lifetime ----------------------------------------------------------------

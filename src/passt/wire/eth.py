@@ -25,7 +25,9 @@ ETH_P_IPV6: Final = 0x86DD
 #: Broadcast destination (ARP requests, DHCP broadcast replies).
 ETH_BROADCAST: Final = b"\xff" * 6
 
-_ETH: Final = struct.Struct("!6s6sH")
+#: The Ethernet header layout (also the start of wire/l2l3's combined headers).
+ETH_STRUCT: Final = struct.Struct("!6s6sH")
+_ETH: Final = ETH_STRUCT
 
 
 class EthHeader(NamedTuple):

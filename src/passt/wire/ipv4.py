@@ -33,7 +33,14 @@ IP_OFFMASK: Final = 0x1FFF
 IPV4_BROADCAST: Final = b"\xff\xff\xff\xff"
 IPV4_ANY: Final = bytes(4)
 
-_IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
+#: Version 4, IHL 5: the first byte of every header we build (no options).
+IPV4_VIHL: Final = 0x45
+#: TTL (IPv4) and hop limit (IPv6) of everything we send the guest.
+IP_TTL: Final = 255
+
+#: The IPv4 header layout (also used by wire/l2l3's combined headers).
+IPV4_STRUCT: Final = struct.Struct("!BBHHHBBH4s4s")
+_IPV4: Final = IPV4_STRUCT
 _CSUM: Final = struct.Struct("!H")
 
 
@@ -97,7 +104,7 @@ def build_ipv4(
     dst: bytes,
     proto: int,
     payload_len: int,
-    ttl: int = 255,
+    ttl: int = IP_TTL,
     ident: int = 0,
     tos: int = 0,
     dont_fragment: bool = True,
@@ -106,7 +113,7 @@ def build_ipv4(
     _IPV4.pack_into(
         buf,
         off,
-        0x45,
+        IPV4_VIHL,
         tos,
         IPV4_HLEN + payload_len,
         ident,

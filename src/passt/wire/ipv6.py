@@ -18,6 +18,7 @@ import struct
 from typing import Final, NamedTuple
 
 from passt.wire.errors import ParseError
+from passt.wire.ipv4 import IP_TTL
 
 IPV6_HLEN: Final = 40
 PROTO_HOPOPTS: Final = 0
@@ -38,7 +39,12 @@ IPV6_ALL_NODES: Final = bytes.fromhex("ff020000000000000000000000000001")
 #: ff02::2, all routers on the link.
 IPV6_ALL_ROUTERS: Final = bytes.fromhex("ff020000000000000000000000000002")
 
-_IPV6: Final = struct.Struct("!IHBB16s16s")
+#: Version 6, traffic class and flow label 0: the first word of every header we build.
+IPV6_VTCFL: Final = 6 << 28
+
+#: The IPv6 header layout (also used by wire/l2l3's combined headers).
+IPV6_STRUCT: Final = struct.Struct("!IHBB16s16s")
+_IPV6: Final = IPV6_STRUCT
 _SKIPPED: Final = frozenset((PROTO_HOPOPTS, PROTO_ROUTING, PROTO_DSTOPTS))
 
 
@@ -104,7 +110,7 @@ def build_ipv6(
     dst: bytes,
     next_header: int,
     payload_len: int,
-    hop_limit: int = 255,
+    hop_limit: int = IP_TTL,
     flow_label: int = 0,
     traffic_class: int = 0,
 ) -> int:
@@ -112,7 +118,7 @@ def build_ipv6(
     _IPV6.pack_into(
         buf,
         off,
-        (6 << 28) | ((traffic_class & 0xFF) << 20) | (flow_label & 0xFFFFF),
+        IPV6_VTCFL | ((traffic_class & 0xFF) << 20) | (flow_label & 0xFFFFF),
         payload_len,
         next_header,
         hop_limit,

@@ -7,10 +7,13 @@ r"""From the guest: classify each frame and hand it to a service or an L4 handle
                               \-UDP :547------------------> services.dhcpv6
                               \-TCP/UDP/ICMPv6 echo-------> flows.{tcp,udp,icmp}
 
-Everything here touches only fixed header fields with precompiled structs,
-checks each length field against the bytes present, and drops (counting the
-reason) what does not fit.  The services and handlers re-validate their own
-layers.  Checksums from the guest are not verified: with pasta's offloads
+The Ethernet header is read here; the IP header is parsed once, by
+wire/ipv4 `parse_ipv4` and wire/ipv6 `parse_ipv6` (length fields checked
+against the bytes present, IPv6 extension headers walked, fragments refused),
+and what does not parse is dropped with its reason counted.  The parsed
+header and the L4 bytes are handed on: the services get them with the frame
+(for the guest's MAC), the L4 handlers the family, the addresses and the L4
+bytes.  Each validates only its own layer.  Checksums from the guest are not verified: with pasta's offloads
 they are partial by design, and a guest corrupting its own traffic only hurts
 itself (the host socket layer carries the payload, not the checksum).
 
@@ -25,29 +28,45 @@ from typing import Final, Protocol
 
 from passt import log
 from passt.context import Context
-from passt.wire.eth import ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
+from passt.wire.dhcp import DHCP_SERVER_PORT
+from passt.wire.dhcpv6 import DHCPV6_SERVER_PORT
+from passt.wire.errors import ParseError
+from passt.wire.eth import ETH_ALEN, ETH_HLEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6
+from passt.wire.icmp import NDP_REDIRECT, NDP_ROUTER_SOLICIT, PROTO_ICMPV6
+from passt.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP, IPv4Header, parse_ipv4
+from passt.wire.ipv6 import IPv6Header, parse_ipv6
 
-_IPV4: Final = struct.Struct("!BBHHHBBH4s4s")
-_IPV6: Final = struct.Struct("!IHBB16s16s")
 _PORTS: Final = struct.Struct("!HH")
-
-# IPv6 extension headers we step over (RFC 8200 section 4): hop-by-hop,
-# routing, destination options.  Fragments (44) are dropped: the guest's
-# stack reassembles nothing we send and we do not reassemble either.
-_EXT_SKIP: Final = frozenset((0, 43, 60))
-#: At most this many extension headers before we give up on a frame.
-MAX_EXT_HEADERS: Final = 8
-
 _ZERO4: Final = bytes(4)
 _ZERO16: Final = bytes(16)
+_SRC_MAC: Final = slice(ETH_ALEN, 2 * ETH_ALEN)
+
+#: Drop counter per wire/ipv4 and wire/ipv6 ParseError reason; any other reason counts as *_header.
+_DROP4: Final = {"short ipv4 header": "ipv4_short", "fragment": "ipv4_fragment"}
+_DROP6: Final = {
+    "short ipv6 header": "ipv6_short",
+    "fragment": "ipv6_fragment",
+    "too many ipv6 extension headers": "ipv6_ext",
+    "short ipv6 extension header": "ipv6_ext",
+}
 
 
-class FrameService(Protocol):
-    def handle(self, frame: memoryview) -> bytes | None: ...
+class ArpFrameService(Protocol):
+    """ARP: the whole Ethernet frame (its EtherType already checked)."""
+
+    def handle(self, frame: memoryview, /) -> bytes | None: ...
 
 
-class TimedFrameService(Protocol):
-    def handle(self, frame: memoryview, now: float) -> bytes | None: ...
+class Ip4FrameService(Protocol):
+    """DHCP: the frame with its IPv4 header and UDP datagram as parsed here (nothing re-parsed)."""
+
+    def handle(self, frame: memoryview, iph: IPv4Header, l4: memoryview, /) -> bytes | None: ...
+
+
+class Ip6FrameService(Protocol):
+    """NDP, DHCPv6: the frame with its IPv6 header and upper-layer bytes as parsed here."""
+
+    def handle(self, frame: memoryview, iph: IPv6Header, l4: memoryview, /) -> bytes | None: ...
 
 
 class Dispatcher:
@@ -57,10 +76,10 @@ class Dispatcher:
         self,
         ctx: Context,
         *,
-        arp: FrameService | None,
-        dhcp: FrameService | None,
-        ndp: TimedFrameService | None,
-        dhcpv6: FrameService | None,
+        arp: ArpFrameService | None,
+        dhcp: Ip4FrameService | None,
+        ndp: Ip6FrameService | None,
+        dhcpv6: Ip6FrameService | None,
     ) -> None:
         self.ctx = ctx
         self.arp = arp
@@ -79,13 +98,12 @@ class Dispatcher:
 
     def _frame(self, frame: memoryview, now: float) -> None:
         ctx = self.ctx
-        n = len(frame)
-        if n < 14:
+        if len(frame) < ETH_HLEN:
             ctx.counters.drop("eth_short")
             return
         guest = ctx.guest
-        if frame[6:12] != guest.mac:
-            guest.learn_mac(bytes(frame[6:12]))
+        if frame[_SRC_MAC] != guest.mac:
+            guest.learn_mac(bytes(frame[_SRC_MAC]))
         ethertype = (frame[12] << 8) | frame[13]
         if ethertype == ETH_P_IP:
             if self.ip4:
@@ -111,90 +129,69 @@ class Dispatcher:
 
     def _ipv4(self, frame: memoryview, now: float) -> None:
         ctx = self.ctx
-        if len(frame) < 34:
-            ctx.counters.drop("ipv4_short")
+        try:
+            ip, l4 = parse_ipv4(frame[ETH_HLEN:])
+        except ParseError as e:
+            ctx.counters.drop(_DROP4.get(str(e), "ipv4_header"))
             return
-        vihl, _tos, total, _id, frag, _ttl, proto, _ck, src, dst = _IPV4.unpack_from(frame, 14)
-        ihl = (vihl & 0x0F) * 4
-        if vihl >> 4 != 4 or ihl < 20 or total < ihl or 14 + total > len(frame):
-            ctx.counters.drop("ipv4_header")
-            return
-        if frag & 0x3FFF:
-            ctx.counters.drop("ipv4_fragment")
-            return
-        l4 = frame[14 + ihl : 14 + total]
-        if proto == 17:
-            if len(l4) >= 8 and _PORTS.unpack_from(l4)[1] == 67:
+        proto = ip.proto
+        if proto == PROTO_UDP:
+            if len(l4) >= 8 and _PORTS.unpack_from(l4)[1] == DHCP_SERVER_PORT:
                 if self.dhcp is not None:
-                    self._reply(self.dhcp.handle(frame))
+                    self._reply(self.dhcp.handle(frame, ip, l4))
                 else:
                     ctx.counters.drop("dhcp_disabled")
                 return
             handler = ctx.udp
-        elif proto == 6:
+        elif proto == PROTO_TCP:
             handler = ctx.tcp
-        elif proto == 1:
+        elif proto == PROTO_ICMP:
             handler = ctx.icmp
         else:
             ctx.counters.drop("ipv4_proto")
             return
+        src = ip.src
         if src != _ZERO4 and src != ctx.guest.addr4:
             ctx.guest.learn_addr4(src)
         if handler is None:
             ctx.counters.drop("l4_disabled")
             return
-        handler.from_tap(4, src, dst, l4, now)
+        handler.from_tap(4, src, ip.dst, l4, now)
 
     def _ipv6(self, frame: memoryview, now: float) -> None:
         ctx = self.ctx
-        if len(frame) < 54:
-            ctx.counters.drop("ipv6_short")
+        try:
+            ip, proto, l4 = parse_ipv6(frame[ETH_HLEN:])
+        except ParseError as e:
+            ctx.counters.drop(_DROP6.get(str(e), "ipv6_header"))
             return
-        vtcfl, plen, nxt, _hops, src, dst = _IPV6.unpack_from(frame, 14)
-        if vtcfl >> 28 != 6 or 54 + plen > len(frame):
-            ctx.counters.drop("ipv6_header")
-            return
-        off = 54
-        end = 54 + plen
-        hops = 0
-        while nxt in _EXT_SKIP:
-            hops += 1
-            if hops > MAX_EXT_HEADERS or off + 8 > end:
-                ctx.counters.drop("ipv6_ext")
-                return
-            nxt, hlen = frame[off], (frame[off + 1] + 1) * 8
-            off += hlen
-            if off > end:
-                ctx.counters.drop("ipv6_ext")
-                return
-        l4 = frame[off:end]
-        if nxt == 58:
-            if len(l4) >= 4 and 133 <= l4[0] <= 137:
+        if proto == PROTO_ICMPV6:
+            if len(l4) >= 4 and NDP_ROUTER_SOLICIT <= l4[0] <= NDP_REDIRECT:
                 if self.ndp is not None:
-                    self._reply(self.ndp.handle(frame, now))
+                    self._reply(self.ndp.handle(frame, ip, l4))
                 else:
                     ctx.counters.drop("ndp_disabled")
-                self._learn6(src)
+                self._learn6(ip.src)
                 return
             handler = ctx.icmp
-        elif nxt == 17:
-            if len(l4) >= 8 and _PORTS.unpack_from(l4)[1] == 547:
+        elif proto == PROTO_UDP:
+            if len(l4) >= 8 and _PORTS.unpack_from(l4)[1] == DHCPV6_SERVER_PORT:
                 if self.dhcpv6 is not None:
-                    self._reply(self.dhcpv6.handle(frame))
+                    self._reply(self.dhcpv6.handle(frame, ip, l4))
                 else:
                     ctx.counters.drop("dhcpv6_disabled")
                 return
             handler = ctx.udp
-        elif nxt == 6:
+        elif proto == PROTO_TCP:
             handler = ctx.tcp
         else:
             ctx.counters.drop("ipv6_proto")
             return
-        self._learn6(src)
+        self._learn6(ip.src)
         if handler is None:
             ctx.counters.drop("l4_disabled")
             return
-        handler.from_tap(6, src, dst, l4, now)
+        handler.from_tap(6, ip.src, ip.dst, l4, now)
 
     def _learn6(self, src: bytes) -> None:
         guest = self.ctx.guest

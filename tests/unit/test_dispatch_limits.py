@@ -26,7 +26,7 @@ from scapy.layers.sctp import SCTP, SCTPChunkInit
 from passt.dispatch import Dispatcher
 from passt.flows.icmp import IcmpHandler
 from tests.unit.conftest import GUEST_MAC_STR, OUR_MAC_STR
-from tests.unit.test_flows_udp import make_ctx
+from tests.unit.fakes import make_ctx
 
 G4, W4 = "192.0.2.3", "203.0.113.9"
 G6, W6 = "2001:db8:1::3", "2001:db8:77::9"

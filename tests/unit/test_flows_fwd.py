@@ -20,7 +20,7 @@ from passt.config import FwdMode, Mode, PortFwd
 from passt.flows import fwd as fwd_mod
 from passt.flows.fwd import Forwarder, all_ports, ephemeral_range, raise_nofile_limit
 from passt.flows.udp import UdpHandler
-from tests.unit.test_flows_udp import free_port, make_ctx, pump
+from tests.unit.fakes import free_port, make_ctx, pump
 
 
 class FakeTcp:

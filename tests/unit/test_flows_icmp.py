@@ -32,7 +32,7 @@ from scapy.layers.l2 import Ether
 from passt.flows import icmp as icmp_mod
 from passt.flows.icmp import IcmpHandler
 from tests.unit.conftest import GUEST_MAC_STR, OUR_MAC_STR, assert_checksums
-from tests.unit.test_flows_udp import G4, G6, make_ctx, packed, pump
+from tests.unit.fakes import G4, G6, make_ctx, packed, pump
 
 CLONE_NEWNET = 0x40000000
 ALL_GROUPS = "0 2147483647"

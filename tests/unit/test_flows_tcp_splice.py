@@ -37,7 +37,7 @@ from passt.flows.tcp_splice import (
     peer_family,
 )
 from passt.loop import EVENT_READ
-from tests.unit.test_flows_udp import make_ctx, pump
+from tests.unit.fakes import make_ctx, pump
 
 LO: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import pytest
@@ -21,73 +19,10 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from passt.config import FwdMode, PortFwd
-from passt.context import Context
 from passt.flows.fwd import Forwarder
 from passt.flows.udp import UdpHandler
-from passt.loop import EventLoop
-from passt.tap.base import Buffer
-from tests.unit.conftest import GUEST_MAC, GUEST_MAC_STR, OUR_MAC_STR, assert_checksums, make_config
-
-G4 = "192.0.2.2"
-G6 = "2001:db8:1::2"
-GW4 = "192.0.2.1"
-GW6 = "2001:db8:1::1"
-
-
-class FakeTap:
-    """A TapBackend that records what would go to the guest."""
-
-    offload = False
-    closed = False
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-
-    def fileno(self) -> int:
-        return -1
-
-    def read_frames(self) -> list[memoryview]:
-        return []
-
-    def send(self, frame: Buffer) -> None:
-        self.frames.append(bytes(frame))
-
-    def send_gso(self, frame: Buffer, **kw: int) -> None:
-        raise AssertionError("no offload here")
-
-    def flush(self) -> None:
-        pass
-
-    def pending(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-
-def make_ctx(**overrides: Any) -> tuple[Context, FakeTap]:
-    """A Context with gateway 192.0.2.1 / 2001:db8:1::1 and a recording tap."""
-    from tests.unit.conftest import make_ip4, make_ip6
-
-    values: dict[str, Any] = {
-        "out_ifname": "lo",
-        "ip4": make_ip4(addr=IPv4Address("192.0.2.3"), gateway=IPv4Address(GW4)),
-        "ip6": make_ip6(addr=IPv6Address("2001:db8:1::3"), gateway=IPv6Address(GW6)),
-    }
-    values.update(overrides)
-    ctx = Context(make_config(**values), EventLoop())
-    tap = FakeTap()
-    ctx.tap = tap
-    ctx.guest.learn_mac(GUEST_MAC)
-    return ctx, tap
-
-
-def pump(ctx: Context, cond: Callable[[], bool], timeout: float = 2.0) -> bool:
-    """Run the loop until `cond()` holds or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while not cond() and time.monotonic() < deadline:
-        ctx.loop.run_once(0.02)
-    return cond()
+from tests.unit.conftest import GUEST_MAC_STR, OUR_MAC_STR, assert_checksums
+from tests.unit.fakes import G4, G6, GW4, GW6, free_port, make_ctx, packed, pump
 
 
 def guest_udp(af: int, src: str, dst: str, sport: int, dport: int, payload: bytes) -> memoryview:
@@ -95,10 +30,6 @@ def guest_udp(af: int, src: str, dst: str, sport: int, dport: int, payload: byte
     ip: Any = IP(src=src, dst=dst) if af == 4 else IPv6(src=src, dst=dst)
     pkt = raw(ip / UDP(sport=sport, dport=dport) / payload)
     return memoryview(pkt[20 if af == 4 else 40 :])
-
-
-def packed(af: int, addr: str) -> bytes:
-    return socket.inet_pton(socket.AF_INET if af == 4 else socket.AF_INET6, addr)
 
 
 def udp_server(af: int) -> socket.socket:
@@ -117,13 +48,6 @@ def open_sockets() -> set[str]:
         except OSError:
             pass
     return out
-
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET6, kind) as s:
-        s.bind(("::", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # guest -> world ------------------------------------------------------------

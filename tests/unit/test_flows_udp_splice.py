@@ -19,7 +19,7 @@ from passt.flows import udp_splice
 from passt.flows.sockets import IP_PKTINFO, enable_pktinfo
 from passt.flows.udp_splice import UDP_BATCH, UdpSpliceHandler, reply_cmsg
 from passt.loop import EVENT_READ
-from tests.unit.test_flows_udp import make_ctx, pump
+from tests.unit.fakes import make_ctx, pump
 
 LO: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 

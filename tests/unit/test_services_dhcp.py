@@ -27,6 +27,7 @@ from tests.unit.conftest import (
     make_config,
     make_ip4,
 )
+from tests.unit.fakes import to_service
 
 XID = 0x12345678
 
@@ -75,7 +76,7 @@ def options_of(frame: bytes) -> dict[Any, Any]:
 
 
 def reply(svc: DhcpService, frame: bytes) -> bytes:
-    out = svc.handle(memoryview(frame))
+    out = to_service(svc, frame)
     assert out is not None
     assert_checksums(out)
     return out
@@ -209,7 +210,7 @@ def test_request_for_other_address_gets_broadcast_nak() -> None:
 
 def test_request_for_other_server_ignored() -> None:
     svc, _, counters, _ = service()
-    assert svc.handle(memoryview(request_for(server="192.0.2.250"))) is None
+    assert to_service(svc, request_for(server="192.0.2.250")) is None
     assert counters.events["dhcp: request for another server"] == 1
 
 
@@ -233,8 +234,8 @@ def test_broadcast_flag_gives_broadcast_reply() -> None:
 
 def test_release_and_decline_not_answered() -> None:
     svc, _, counters, _ = service()
-    assert svc.handle(memoryview(client("release", ciaddr=GUEST4))) is None
-    assert svc.handle(memoryview(client("decline", [("requested_addr", GUEST4)]))) is None
+    assert to_service(svc, client("release", ciaddr=GUEST4)) is None
+    assert to_service(svc, client("decline", [("requested_addr", GUEST4)])) is None
     assert counters.dropped == 0 and counters.events["dhcp: decline or release"] == 2
 
 
@@ -255,7 +256,7 @@ def test_reply_fits_default_max_message_size() -> None:
 def test_no_dhcp_drops() -> None:
     """--no-dhcp: DHCP requests are silently dropped."""
     svc, guest, counters, _ = service(dhcp=False)
-    assert svc.handle(memoryview(client("discover"))) is None
+    assert to_service(svc, client("discover")) is None
     assert counters.dropped == 1 and guest.mac != GUEST_MAC
 
 
@@ -263,7 +264,7 @@ def test_no_dhcp_drops() -> None:
 def test_ipv4_disabled_drops() -> None:
     """With IPv4 disabled (-6), no DHCP."""
     svc, _, _, _ = service(ip4=None)
-    assert svc.handle(memoryview(client("discover"))) is None
+    assert to_service(svc, client("discover")) is None
 
 
 def _corrupt(frame: bytes, offset: int, value: bytes) -> bytes:
@@ -302,7 +303,6 @@ _DHCP_OFF = 14 + 20 + 8
     [
         _short_dhcp(239),
         _short_dhcp(100),
-        client("discover")[: _DHCP_OFF + 100],
         _corrupt(client("discover"), _DHCP_OFF, b"\x02"),
         _corrupt(client("discover"), _DHCP_OFF + 1, b"\x06"),
         _corrupt(client("discover"), _DHCP_OFF + 2, b"\x08"),
@@ -311,16 +311,13 @@ _DHCP_OFF = 14 + 20 + 8
         _corrupt(client("discover"), _DHCP_OFF + 240, b"\x35\xf0"),
         _corrupt(client("discover"), _DHCP_OFF + 240, b"\x0c\x01"),
         _corrupt(client("discover"), _DHCP_OFF + 242, b"\x0b"),
-        _corrupt(client("discover"), 14 + 9, b"\x06"),
         _corrupt(client("discover"), 14 + 22, b"\x00\x44"),
         _bad_udp_checksum(),
         client("request"),
-        _corrupt(client("discover"), 14 + 2, b"\xff\xff"),
     ],
     ids=[
         "no-cookie",
         "truncated-header",
-        "truncated-frame",
         "op-reply",
         "htype",
         "hlen",
@@ -329,16 +326,14 @@ _DHCP_OFF = 14 + 20 + 8
         "option-overrun",
         "no-message-type",
         "unknown-message-type",
-        "not-udp",
         "port",
         "udp-checksum",
         "request-without-address",
-        "ip-total-length",
     ],
 )
 def test_malformed_dropped_and_counted(frame: bytes) -> None:
     svc, _, counters, _ = service()
-    assert svc.handle(memoryview(frame)) is None
+    assert to_service(svc, frame) is None
     assert counters.dropped == 1
 
 
@@ -349,5 +344,5 @@ def test_fuzz_never_raises() -> None:
         request_for(),
         client("inform", ciaddr=GUEST4, src=GUEST4),
     ]
-    replies = fuzz(svc.handle, seeds, count=4000, seed=2)
+    replies = fuzz(lambda f: to_service(svc, bytes(f)), seeds, count=4000, seed=2)
     assert replies > 0

@@ -53,6 +53,7 @@ from tests.unit.conftest import (
     make_config,
     make_ip6,
 )
+from tests.unit.fakes import to_service
 
 TRID = 0xABCDEF
 CLIENT = DHCP6OptClientId(duid=DUID_LL(lladdr=GUEST_MAC_STR))
@@ -91,7 +92,7 @@ def solicit(*extra: Any) -> bytes:
 
 
 def answer(svc: Dhcpv6Service, data: bytes) -> Any:
-    out = svc.handle(memoryview(data))
+    out = to_service(svc, data)
     assert out is not None
     assert_checksums(out)
     pkt = Ether(out)
@@ -135,7 +136,7 @@ def test_configured_values_are_handed_out() -> None:
         dns=(IPv6Address("2001:db8::a"), IPv6Address("2001:db8::b")),
     )
     svc, _, _, _ = service(ip6=ip6, search=("a.example", "b.example.org"))
-    out = svc.handle(memoryview(solicit()))
+    out = to_service(svc, solicit())
     assert out is not None
     pkt = Ether(out)
     assert pkt[IPv6].src == "fe80::77"
@@ -179,7 +180,7 @@ def test_rebind_gets_reply() -> None:
 def test_request_for_other_server_ignored() -> None:
     svc, _, counters, _ = service()
     other = DHCP6OptServerId(duid=DUID_LL(lladdr="02:00:00:00:00:01"))
-    assert svc.handle(memoryview(frame(DHCP6_Request(trid=TRID) / CLIENT / other / IA))) is None
+    assert to_service(svc, frame(DHCP6_Request(trid=TRID) / CLIENT / other / IA)) is None
     assert counters.events["dhcpv6: message for another server"] == 1
 
 
@@ -203,7 +204,7 @@ def test_confirm() -> None:
     svc, _, _, _ = service()
     assert answer(svc, _confirm(GUEST6))[DHCP6OptStatusCode].statuscode == 0
     assert answer(svc, _confirm("2001:db8:ffff::1"))[DHCP6OptStatusCode].statuscode == 4
-    assert svc.handle(memoryview(frame(DHCP6_Confirm(trid=TRID) / CLIENT / IA))) is None
+    assert to_service(svc, frame(DHCP6_Confirm(trid=TRID) / CLIENT / IA)) is None
 
 
 def test_information_request_gets_reply_without_ia() -> None:
@@ -225,7 +226,7 @@ def test_release_and_decline_get_success(cls: Any) -> None:
 def test_no_dhcpv6_drops() -> None:
     """--no-dhcpv6: DHCPv6 requests are silently dropped."""
     svc, guest, counters, _ = service(dhcpv6=False)
-    assert svc.handle(memoryview(solicit())) is None
+    assert to_service(svc, solicit()) is None
     assert counters.dropped == 1 and guest.mac != GUEST_MAC
 
 
@@ -233,7 +234,7 @@ def test_no_dhcpv6_drops() -> None:
 def test_ipv6_disabled_drops() -> None:
     """With IPv6 disabled (-4), no DHCPv6."""
     svc, _, _, _ = service(ip6=None)
-    assert svc.handle(memoryview(solicit())) is None
+    assert to_service(svc, solicit()) is None
 
 
 def _bad_checksum() -> bytes:
@@ -281,7 +282,7 @@ def _raw_dhcp6(payload: bytes) -> Any:
 )
 def test_malformed_dropped_and_counted(data: bytes) -> None:
     svc, _, counters, _ = service()
-    assert svc.handle(memoryview(data)) is None
+    assert to_service(svc, data) is None
     assert counters.dropped == 1
 
 
@@ -294,5 +295,5 @@ def test_fuzz_never_raises() -> None:
         _confirm(GUEST6),
         frame(DHCP6_InfoRequest(trid=TRID)),
     ]
-    replies = fuzz(svc.handle, seeds, count=4000, seed=4)
+    replies = fuzz(lambda f: to_service(svc, bytes(f)), seeds, count=4000, seed=4)
     assert replies > 0

@@ -45,6 +45,7 @@ from tests.unit.conftest import (
     make_config,
     make_ip6,
 )
+from tests.unit.fakes import to_service
 
 NOW = 1000.0
 
@@ -85,7 +86,7 @@ def rs(*, src: str = GUEST_LL, slla: bool = True) -> bytes:
 
 
 def answer(svc: NdpService, frame: bytes) -> Any:
-    out = svc.handle(memoryview(frame), NOW)
+    out = to_service(svc, frame)
     assert out is not None
     assert_checksums(out)
     return Ether(out)
@@ -108,16 +109,16 @@ def test_ns_answered_with_our_mac(target: str) -> None:
 
 def test_ns_for_guest_addresses_ignored() -> None:
     svc, _, counters, _ = service()
-    assert svc.handle(memoryview(ns(GUEST6)), NOW) is None
-    assert svc.handle(memoryview(ns(GUEST_LL)), NOW) is None
-    assert svc.handle(memoryview(ns("2001:db8:1::77", src="2001:db8:1::77")), NOW) is None
+    assert to_service(svc, ns(GUEST6)) is None
+    assert to_service(svc, ns(GUEST_LL)) is None
+    assert to_service(svc, ns("2001:db8:1::77", src="2001:db8:1::77")) is None
     assert counters.dropped == 0
 
 
 def test_dad_probes_ignored_except_for_our_address() -> None:
     svc, guest, _, _ = service()
-    assert svc.handle(memoryview(ns("fe80::5054:ff:fe12:9999", src="::", slla=False)), NOW) is None
-    assert svc.handle(memoryview(ns("2001:db8:1::5", src="::", slla=False)), NOW) is None
+    assert to_service(svc, ns("fe80::5054:ff:fe12:9999", src="::", slla=False)) is None
+    assert to_service(svc, ns("2001:db8:1::5", src="::", slla=False)) is None
     assert guest.addr6_ll is None and guest.addr6 is None
     pkt = answer(svc, ns(GW6, src="::", slla=False))
     assert (pkt.dst, pkt[IPv6].dst) == ("33:33:00:00:00:01", "ff02::1")
@@ -209,17 +210,17 @@ def test_unsolicited_ras() -> None:
 def test_no_ra() -> None:
     """--no-ra: RS is ignored and no RAs are sent; NS is still answered."""
     svc, _, _, _ = service(ra=False)
-    assert svc.handle(memoryview(rs()), NOW) is None
+    assert to_service(svc, rs()) is None
     assert svc.next_deadline() is None and svc.on_timer(NOW + 1e6) == []
-    assert svc.handle(memoryview(ns(GW6)), NOW) is not None
+    assert to_service(svc, ns(GW6)) is not None
 
 
 @pytest.mark.conformance("opt.no-ndp")
 def test_no_ndp() -> None:
     """--no-ndp: no NDP message is answered and no RA is sent."""
     svc, _, counters, _ = service(ndp=False)
-    assert svc.handle(memoryview(ns(GW6)), NOW) is None
-    assert svc.handle(memoryview(rs()), NOW) is None
+    assert to_service(svc, ns(GW6)) is None
+    assert to_service(svc, rs()) is None
     assert svc.next_deadline() is None
     assert counters.dropped == 2
 
@@ -228,7 +229,7 @@ def test_no_ndp() -> None:
 def test_ipv6_disabled() -> None:
     """With IPv6 disabled (-4) NDP is not answered and no RA is sent."""
     svc, _, _, _ = service(ip6=None)
-    assert svc.handle(memoryview(ns(GW6)), NOW) is None
+    assert to_service(svc, ns(GW6)) is None
     assert svc.next_deadline() is None and svc.on_timer(NOW + 10) == []
 
 
@@ -264,7 +265,6 @@ def _icmp_frame(icmp: bytes) -> bytes:
         _with(ns(GW6), _ICMP + 25, b"\x00"),
         _with(ns(GW6), _ICMP + 25, b"\x02"),
         _with(rs(), _ICMP + 9, b"\x00"),
-        ns(GW6)[:-8],
         _icmp_frame(ns(GW6)[_ICMP : _ICMP + 20]),
         _icmp_frame(rs()[_ICMP : _ICMP + 6]),
         _icmp_frame(rs()[_ICMP : _ICMP + 2]),
@@ -285,7 +285,6 @@ def _icmp_frame(icmp: bytes) -> bytes:
         "zero-length-option",
         "option-overrun",
         "rs-zero-length-option",
-        "truncated-ipv6",
         "short-ns",
         "short-rs",
         "short-icmpv6",
@@ -298,7 +297,7 @@ def _icmp_frame(icmp: bytes) -> bytes:
 )
 def test_malformed_dropped_and_counted(frame: bytes) -> None:
     svc, _, counters, _ = service()
-    assert svc.handle(memoryview(frame), NOW) is None
+    assert to_service(svc, frame) is None
     assert counters.dropped == 1
 
 
@@ -310,12 +309,12 @@ def test_na_from_guest_ignored() -> None:
         / ICMPv6ND_NA(tgt=GUEST_LL, S=0)
         / ICMPv6NDOptDstLLAddr(lladdr=GUEST_MAC_STR)
     )
-    assert svc.handle(memoryview(na), NOW) is None
+    assert to_service(svc, na) is None
     assert counters.dropped == 0 and guest.mac == GUEST_MAC
 
 
 def test_fuzz_never_raises() -> None:
     svc, _, _, _ = service(mtu=1500)
     seeds = [ns(GW6), rs(), ns(GW6, src="::", slla=False), rs(src="::", slla=False)]
-    replies = fuzz(lambda f: svc.handle(f, NOW), seeds, count=4000, seed=3)
+    replies = fuzz(lambda f: to_service(svc, bytes(f)), seeds, count=4000, seed=3)
     assert replies > 0

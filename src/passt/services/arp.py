@@ -25,7 +25,7 @@ from passt.counters import Counters
 from passt.guest import GuestState
 from passt.wire.arp import ARP_LEN, ARP_OP_REPLY, ARP_OP_REQUEST, build_arp, parse_arp
 from passt.wire.errors import ParseError
-from passt.wire.eth import ETH_HLEN, ETH_P_ARP, build_eth, parse_eth
+from passt.wire.eth import ETH_HLEN, ETH_P_ARP, build_eth, eth_src
 
 _ZERO4 = bytes(4)
 
@@ -46,24 +46,22 @@ class ArpService:
         self._log = log
 
     def handle(self, frame: memoryview) -> bytes | None:
-        """Handle one Ethernet frame carrying ARP; returns the reply frame, or None."""
+        """Handle one Ethernet frame carrying ARP (the dispatcher checked its EtherType); returns the reply, or None."""
         ip4 = self._conf.ip4
         if ip4 is None:
             self._counters.drop("arp: ipv4 disabled")
             return None
         try:
-            eth = parse_eth(frame)
-            if eth.ethertype != ETH_P_ARP:
-                raise ParseError("not arp")
             arp = parse_arp(frame[ETH_HLEN:])
         except ParseError as e:
             self._counters.drop("arp: " + str(e))
             return None
-        if eth.src[0] & 1:
+        mac = eth_src(frame)
+        if mac[0] & 1:
             self._counters.drop("arp: multicast source")
             return None
 
-        self._guest.learn_mac(eth.src)
+        self._guest.learn_mac(mac)
         if arp.spa != _ZERO4:
             self._guest.learn_addr4(arp.spa)
 
@@ -78,7 +76,7 @@ class ArpService:
             return None
 
         buf = bytearray(ETH_HLEN + ARP_LEN)
-        off = build_eth(buf, 0, eth.src, self._conf.our_mac, ETH_P_ARP)
+        off = build_eth(buf, 0, mac, self._conf.our_mac, ETH_P_ARP)
         build_arp(
             buf, off, op=ARP_OP_REPLY, sha=self._conf.our_mac, spa=arp.tpa, tha=arp.sha, tpa=arp.spa
         )

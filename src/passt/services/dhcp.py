@@ -83,14 +83,14 @@ from passt.wire.dhcp import (
     parse_dhcp,
 )
 from passt.wire.errors import ParseError
-from passt.wire.eth import ETH_BROADCAST, ETH_HLEN, ETH_P_IP, build_eth, parse_eth
+from passt.wire.eth import ETH_BROADCAST, ETH_HLEN, ETH_P_IP, build_eth, eth_src
 from passt.wire.ipv4 import (
     IPV4_BROADCAST,
     IPV4_HLEN,
     PROTO_UDP,
+    IPv4Header,
     build_ipv4,
     ipv4_header_ok,
-    parse_ipv4,
 )
 from passt.wire.udp import UDP_HLEN, build_udp, parse_udp, set_udp_checksum4, udp_checksum_ok4
 
@@ -154,21 +154,18 @@ class DhcpService:
     def _drop(self, reason: str) -> None:
         self._counters.drop("dhcp: " + reason)
 
-    def handle(self, frame: memoryview) -> bytes | None:
-        """Handle one Ethernet/IPv4/UDP frame to port 67; returns the reply frame, or None."""
+    def handle(self, frame: memoryview, iph: IPv4Header, l4: memoryview) -> bytes | None:
+        """Handle one DHCP request; returns the reply frame, or None.
+
+        `frame` is the whole Ethernet frame, `iph` and `l4` its IPv4 header and
+        UDP datagram as the dispatcher parsed them (to port 67).
+        """
         ip4 = self._conf.ip4
         if ip4 is None or not self._conf.dhcp:
             self._drop("disabled")
             return None
         try:
-            eth = parse_eth(frame)
-            if eth.ethertype != ETH_P_IP:
-                raise ParseError("not ipv4")
-            l3 = frame[ETH_HLEN:]
-            iph, l4 = parse_ipv4(l3)
-            if iph.proto != PROTO_UDP:
-                raise ParseError("not udp")
-            if not ipv4_header_ok(l3, iph.header_len):
+            if not ipv4_header_ok(frame[ETH_HLEN:], iph.header_len):
                 raise ParseError("bad ipv4 checksum")
             udph, payload = parse_udp(l4)
             if udph.dport != DHCP_SERVER_PORT:
@@ -186,16 +183,17 @@ class DhcpService:
         if mtype is None or len(mtype) != 1:
             self._drop("no message type")
             return None
-        if eth.src[0] & 1:
+        mac = eth_src(frame)
+        if mac[0] & 1:
             self._drop("multicast source")
             return None
 
-        self._guest.learn_mac(eth.src)
+        self._guest.learn_mac(mac)
         self._guest.learn_addr4(iph.src)
 
         kind = mtype[0]
         if kind == DHCPDISCOVER:
-            return self._reply(eth.src, msg, DHCPOFFER, ip4.addr_b)
+            return self._reply(mac, msg, DHCPOFFER, ip4.addr_b)
         if kind == DHCPREQUEST:
             server = msg.options.get(OPT_SERVER_ID)
             if server is not None and server != self._server_id:
@@ -211,10 +209,10 @@ class DhcpService:
                 self._drop("request without address")
                 return None
             if requested != ip4.addr_b:
-                return self._reply(eth.src, msg, DHCPNAK, _ZERO4)
-            return self._reply(eth.src, msg, DHCPACK, ip4.addr_b)
+                return self._reply(mac, msg, DHCPNAK, _ZERO4)
+            return self._reply(mac, msg, DHCPACK, ip4.addr_b)
         if kind == DHCPINFORM:
-            return self._reply(eth.src, msg, DHCPACK, _ZERO4, inform=True)
+            return self._reply(mac, msg, DHCPACK, _ZERO4, inform=True)
         if kind in (DHCPDECLINE, DHCPRELEASE):
             self._counters.event("dhcp: decline or release")
             return None

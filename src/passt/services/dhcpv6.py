@@ -85,8 +85,8 @@ from passt.wire.dhcpv6 import (
     parse_iaaddr,
 )
 from passt.wire.errors import ParseError
-from passt.wire.eth import ETH_HLEN, ETH_P_IPV6, build_eth, parse_eth
-from passt.wire.ipv6 import IPV6_ANY, IPV6_HLEN, PROTO_UDP, build_ipv6, parse_ipv6
+from passt.wire.eth import ETH_HLEN, ETH_P_IPV6, build_eth, eth_src
+from passt.wire.ipv6 import IPV6_ANY, IPV6_HLEN, PROTO_UDP, IPv6Header, build_ipv6
 from passt.wire.udp import UDP_HLEN, build_udp, parse_udp, set_udp_checksum6, udp_checksum_ok6
 
 #: Longest DUID (RFC 8415 section 11.1: 128 octets plus the 2-octet type).
@@ -146,19 +146,18 @@ class Dhcpv6Service:
     def _drop(self, reason: str) -> None:
         self._counters.drop("dhcpv6: " + reason)
 
-    def handle(self, frame: memoryview) -> bytes | None:
-        """Handle one Ethernet/IPv6/UDP frame to port 547; returns the reply frame, or None."""
+    def handle(self, frame: memoryview, iph: IPv6Header, l4: memoryview) -> bytes | None:
+        """Handle one DHCPv6 message; returns the reply frame, or None.
+
+        `frame` is the whole Ethernet frame, `iph` and `l4` its IPv6 header and
+        UDP datagram as the dispatcher parsed them (to port 547).
+        """
         conf = self._conf
         if conf.ip6 is None or not conf.dhcpv6:
             self._drop("disabled")
             return None
+        mac = eth_src(frame)
         try:
-            eth = parse_eth(frame)
-            if eth.ethertype != ETH_P_IPV6:
-                raise ParseError("not ipv6")
-            iph, proto, l4 = parse_ipv6(frame[ETH_HLEN:])
-            if proto != PROTO_UDP:
-                raise ParseError("not udp")
             udph, payload = parse_udp(l4)
             if udph.dport != DHCPV6_SERVER_PORT:
                 raise ParseError("not port 547")
@@ -166,7 +165,7 @@ class Dhcpv6Service:
                 raise ParseError("bad udp checksum")
             if iph.src == IPV6_ANY or iph.src[0] == 0xFF:
                 raise ParseError("bad source address")
-            if eth.src[0] & 1:
+            if mac[0] & 1:
                 raise ParseError("multicast source")
             msg = parse_dhcpv6(payload)
             options = self._reply_options(msg)
@@ -176,7 +175,7 @@ class Dhcpv6Service:
         if options is None:
             return None
 
-        self._guest.learn_mac(eth.src)
+        self._guest.learn_mac(mac)
         self._guest.learn_addr6(iph.src)
         reply_type = REPLY
         if msg.msg_type == SOLICIT and find_option(msg.options, OPT_RAPID_COMMIT) is None:
@@ -185,7 +184,7 @@ class Dhcpv6Service:
 
         udp_len = UDP_HLEN + len(payload_out)
         buf = bytearray(ETH_HLEN + IPV6_HLEN + udp_len)
-        off = build_eth(buf, 0, eth.src, conf.our_mac, ETH_P_IPV6)
+        off = build_eth(buf, 0, mac, conf.our_mac, ETH_P_IPV6)
         off = build_ipv6(
             buf, off, src=self._our_ll, dst=iph.src, next_header=PROTO_UDP, payload_len=udp_len
         )

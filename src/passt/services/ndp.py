@@ -53,7 +53,7 @@ from passt.config import Config
 from passt.counters import Counters
 from passt.guest import GuestState
 from passt.wire.errors import ParseError
-from passt.wire.eth import ETH_HLEN, ETH_P_IPV6, build_eth, ipv6_multicast_mac, parse_eth
+from passt.wire.eth import ETH_HLEN, ETH_P_IPV6, build_eth, eth_src, ipv6_multicast_mac
 from passt.wire.icmp import (
     NDP_NEIGHBOR_ADVERT,
     NDP_NEIGHBOR_SOLICIT,
@@ -68,8 +68,8 @@ from passt.wire.ipv6 import (
     IPV6_ANY,
     IPV6_HLEN,
     PROTO_ICMPV6,
+    IPv6Header,
     build_ipv6,
-    parse_ipv6,
 )
 from passt.wire.ndp import (
     NA_FLAG_OVERRIDE,
@@ -215,20 +215,19 @@ class NdpService:
     def _drop(self, reason: str) -> None:
         self._counters.drop("ndp: " + reason)
 
-    def handle(self, frame: memoryview, now: float) -> bytes | None:
-        """Handle one Ethernet/IPv6/ICMPv6 NDP frame; returns the reply frame, or None."""
+    def handle(self, frame: memoryview, iph: IPv6Header, msg: memoryview) -> bytes | None:
+        """Handle one NDP message; returns the reply frame, or None.
+
+        `frame` is the whole Ethernet frame, `iph` and `msg` its IPv6 header
+        and ICMPv6 message as the dispatcher parsed them.
+        """
         conf = self._conf
         ip6 = conf.ip6
         if ip6 is None or not conf.ndp:
             self._drop("disabled")
             return None
+        mac = eth_src(frame)
         try:
-            eth = parse_eth(frame)
-            if eth.ethertype != ETH_P_IPV6:
-                raise ParseError("not ipv6")
-            iph, proto, msg = parse_ipv6(frame[ETH_HLEN:])
-            if proto != PROTO_ICMPV6:
-                raise ParseError("not icmpv6")
             if len(msg) < 4:
                 raise ParseError("short icmpv6")
             if iph.hop_limit != NDP_HOP_LIMIT:
@@ -239,14 +238,14 @@ class NdpService:
                 raise ParseError("icmpv6 code not 0")
             kind = msg[0]
             if kind == NDP_NEIGHBOR_SOLICIT:
-                return self._neighbor_solicit(eth.src, iph.src, iph.dst, msg)
+                return self._neighbor_solicit(mac, iph.src, iph.dst, msg)
             if kind == NDP_ROUTER_SOLICIT:
-                return self._router_solicit(eth.src, iph.src, msg)
+                return self._router_solicit(mac, iph.src, msg)
         except ParseError as e:
             self._drop(str(e))
             return None
         if kind in (NDP_NEIGHBOR_ADVERT, NDP_ROUTER_ADVERT, NDP_REDIRECT):
-            self._learn(eth.src, iph.src)
+            self._learn(mac, iph.src)
             self._counters.event("ndp: ignored type")
             return None
         self._drop("not ndp")

@@ -49,6 +49,11 @@ def parse_eth(frame: memoryview) -> EthHeader:
     return EthHeader(dst, src, ethertype)
 
 
+def eth_src(frame: memoryview) -> bytes:
+    """The source MAC of a frame at least ETH_HLEN long (the dispatcher checked the length)."""
+    return bytes(frame[ETH_ALEN : 2 * ETH_ALEN])
+
+
 def build_eth(buf: bytearray, off: int, dst: bytes, src: bytes, ethertype: int) -> int:
     """Write an Ethernet header at `off`; returns the offset just after it."""
     _ETH.pack_into(buf, off, dst, src, ethertype)

@@ -54,7 +54,6 @@ class NsHelper:
         userns: str | None,
         netns: str,
         setup: TapSetup,
-        keep_fds: tuple[int, ...] = (),
     ) -> tuple[NsHelper, int, bytes, int]:
         """Fork the helper; returns (helper, tap fd, tap MAC, tap ifindex).
 

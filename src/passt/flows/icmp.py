@@ -39,11 +39,11 @@ unless `loopback_dst` is set (tests), for the reason given in udp.py.
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import struct
 from typing import Final
 
+from passt import log
 from passt.context import Context
 from passt.flows import nat
 from passt.flows.sockets import SOCK_FAMILY, SocketFactory, dst_forwardable, link_scope, sockaddr_of
@@ -60,8 +60,6 @@ from passt.wire.icmp import (
 )
 from passt.wire.ipv4 import PROTO_ICMP
 from passt.wire.l2l3 import L2L3_HLEN6, L2L3Template
-
-log = logging.getLogger("passt")
 
 #: Idle timeout of an echo flow.
 ICMP_TIMEOUT_S: Final = 60.0
@@ -82,8 +80,8 @@ def _warn_ping_group_range() -> None:
     global _ping_warned
     if not _ping_warned:
         _ping_warned = True
-        log.warning(
-            "passt: can't create ICMP echo (ping) sockets: permission denied; "
+        log.warn(
+            "can't create ICMP echo (ping) sockets: permission denied; "
             "check /proc/sys/net/ipv4/ping_group_range includes our group, see icmp(7)"
         )
 

@@ -47,7 +47,6 @@ translated back to the guest (counted as udp_refused).
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import struct
 from collections import deque
@@ -75,8 +74,6 @@ from passt.wire.checksum import csum_partial, finish, pseudo_sum4, pseudo_sum6
 from passt.wire.eth import ETH_HLEN
 from passt.wire.l2l3 import L2L3Template
 from passt.wire.udp import PROTO_UDP, UDP_HLEN
-
-log = logging.getLogger("passt")
 
 #: Idle timeout of a UDP flow (upstream passt uses 180 s too).
 UDP_TIMEOUT_S: Final = 180.0

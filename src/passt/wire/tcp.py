@@ -8,7 +8,7 @@ LIMITATIONS); unknown options never fail a parse, but an option whose length
 runs past the header does.
 
 The checksum is not verified: guest frames may carry a partial checksum when
-the tap offloads (see DESIGN.md section 3), and passt trusts its guest's
+the tap offloads (docs/architecture.md, the path of a frame), and passt trusts its guest's
 checksums as the kernel trusts a local sender.
 
 Nothing here does I/O.

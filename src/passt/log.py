@@ -67,11 +67,6 @@ class _Bridge(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        # some callers already name the program; don't print it twice
-        for prefix in ("passt: ", "pasta: "):
-            if msg.startswith(prefix):
-                msg = msg[len(prefix):]
-                break
         if record.levelno <= logging.DEBUG:
             debug(msg)
         elif record.levelno <= logging.INFO:

@@ -7,7 +7,6 @@ loopback clients can reach them); only loopback clients connect.
 from __future__ import annotations
 
 import errno
-import logging
 import resource
 import socket
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
 
+from passt import log
 from passt.config import FwdMode, Mode, PortFwd
 from passt.flows import fwd as fwd_mod
 from passt.flows.fwd import Forwarder, all_ports, ephemeral_range, raise_nofile_limit
@@ -121,15 +121,14 @@ def low_port_factory(family: int, kind: int, proto: int) -> socket.socket:
 
 
 @pytest.mark.conformance("notes.low-ports")
-def test_low_port_without_permission_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_low_port_without_permission_one_warning(capsys: pytest.CaptureFixture[str]) -> None:
     """A port below 1024 without CAP_NET_BIND_SERVICE: one clear warning line, other ports still forwarded."""
     (port,) = free_ports(1)
     ctx, _ = make_ctx(tcp_in=spec((80, 80), (port, port)))
     f = Forwarder(ctx, tcp=FakeTcp(), udp=None, scan_ns_ports=None, socket_factory=low_port_factory)
-    with caplog.at_level(logging.WARNING, logger="passt"):
-        f.start()
+    f.start()
     try:
-        lines = [r.getMessage() for r in caplog.records]
+        lines = capsys.readouterr().err.splitlines()
         assert lines == [
             "passt: can't bind TCP port 80: permission denied (needs root or CAP_NET_BIND_SERVICE)"
         ]
@@ -139,7 +138,7 @@ def test_low_port_without_permission_one_warning(caplog: pytest.LogCaptureFixtur
         f.stop()
 
 
-def test_port_in_use_warns_and_continues(caplog: pytest.LogCaptureFixture) -> None:
+def test_port_in_use_warns_and_continues(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """A port some other process listens on: one warning, the rest still bound."""
     busy, ok = free_ports(2)
     holder = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -147,10 +146,10 @@ def test_port_in_use_warns_and_continues(caplog: pytest.LogCaptureFixture) -> No
     holder.listen()
     ctx, _ = make_ctx(mode=Mode.PASTA, tcp_in=spec((busy, busy), (ok, ok)))
     f = Forwarder(ctx, tcp=FakeTcp(), udp=None, scan_ns_ports=None)
-    with caplog.at_level(logging.WARNING, logger="passt"):
-        f.start()
+    monkeypatch.setattr(log, "_prog", "pasta")  # what log.setup("pasta") does
+    f.start()
     try:
-        assert [r.getMessage() for r in caplog.records] == [
+        assert capsys.readouterr().err.splitlines() == [
             f"pasta: can't bind TCP port {busy}: address already in use"
         ]
         assert set(f.listening()) == {("tcp", ok)}
@@ -171,7 +170,7 @@ def test_all_ports_candidates() -> None:
 
 
 def test_all_mode_skips_bound_ports_silently(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """ALL: ports already in use are skipped without a warning, the others bound; NOFILE raised to hard."""
     busy, a, b = free_ports(3)
@@ -181,10 +180,9 @@ def test_all_mode_skips_bound_ports_silently(
     monkeypatch.setattr(fwd_mod, "all_ports", lambda eph, exc: [a, busy, b])
     ctx, _ = make_ctx(tcp_in=PortFwd(mode=FwdMode.ALL))
     f = Forwarder(ctx, tcp=FakeTcp(), udp=None, scan_ns_ports=None)
-    with caplog.at_level(logging.WARNING, logger="passt"):
-        f.start()
+    f.start()
     try:
-        assert caplog.records == []
+        assert capsys.readouterr().err == ""
         assert set(f.listening()) == {("tcp", a), ("tcp", b)}
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         assert soft == hard or hard == resource.RLIM_INFINITY
@@ -195,17 +193,16 @@ def test_all_mode_skips_bound_ports_silently(
 
 
 def test_all_mode_low_ports_summarised(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """ALL as non-root: the refused low ports are summed up in one line, not one per port."""
     (ok,) = free_ports(1)
     monkeypatch.setattr(fwd_mod, "all_ports", lambda eph, exc: [21, 22, 23, ok])
     ctx, _ = make_ctx(tcp_in=PortFwd(mode=FwdMode.ALL))
     f = Forwarder(ctx, tcp=FakeTcp(), udp=None, scan_ns_ports=None, socket_factory=low_port_factory)
-    with caplog.at_level(logging.WARNING, logger="passt"):
-        f.start()
+    f.start()
     try:
-        assert [r.getMessage() for r in caplog.records] == [
+        assert capsys.readouterr().err.splitlines() == [
             "passt: can't bind 3 TCP ports: permission denied (needs root or CAP_NET_BIND_SERVICE)"
         ]
         assert set(f.listening()) == {("tcp", ok)}
@@ -265,7 +262,7 @@ def test_auto_rescan_runs_on_timer() -> None:
     assert len(calls) == n  # stop() cancelled the timer
 
 
-def test_auto_in_use_port_warned_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_in_use_port_warned_once(capsys: pytest.CaptureFixture[str]) -> None:
     """AUTO: a namespace port we cannot bind on the host is warned about once, not every rescan."""
     busy, ok = free_ports(2)
     holder = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -273,12 +270,11 @@ def test_auto_in_use_port_warned_once(caplog: pytest.LogCaptureFixture) -> None:
     holder.listen()
     ctx, _ = make_ctx(mode=Mode.PASTA, tcp_in=PortFwd(mode=FwdMode.AUTO))
     f = Forwarder(ctx, tcp=FakeTcp(), udp=None, scan_ns_ports=lambda tcp: {busy, ok})
-    with caplog.at_level(logging.WARNING, logger="passt"):
-        f.start()
-        for _ in range(3):
-            f.rescan(ctx.loop.now)
+    f.start()
+    for _ in range(3):
+        f.rescan(ctx.loop.now)
     try:
-        assert len(caplog.records) == 1
+        assert len(capsys.readouterr().err.splitlines()) == 1
         assert set(f.listening()) == {("tcp", ok)}
     finally:
         f.stop()

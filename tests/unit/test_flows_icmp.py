@@ -12,12 +12,13 @@ what really went on the wire, i.e. which identifier the remote saw.
 from __future__ import annotations
 
 import ctypes
-import logging
+import io
 import os
 import pickle
 import socket
 import struct
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -204,18 +205,14 @@ def test_same_identifier_two_remotes() -> None:
 def refused_scenario() -> dict[str, Any]:
     """Child body: ping sockets refused by ping_group_range; two requests, one warning."""
     icmp_mod._ping_warned = False
-    records: list[str] = []
-
-    class Grab(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record.getMessage())
-
-    logging.getLogger("passt").addHandler(Grab(logging.WARNING))
+    err = io.StringIO()
+    sys.stderr = err  # the forked child only: passt.log writes warnings to standard error
     ctx, tap = make_ctx()
     handler = IcmpHandler(ctx, loopback_dst=True)
     for seq in (1, 2):
         l4 = guest_echo(4, G4, "127.0.0.1", 99, seq, b"x")
         handler.from_tap(4, packed(4, G4), packed(4, "127.0.0.1"), l4, 0.0)
+    records = err.getvalue().splitlines()
     return {"records": records, "drops": dict(ctx.counters.drops), "flows": handler.flow_count()}
 
 

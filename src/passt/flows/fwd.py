@@ -38,7 +38,6 @@ of the host's ports.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import resource
 import socket
@@ -46,12 +45,11 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import Final, Protocol
 
+from passt import log
 from passt.config import FwdMode, PortFwd
 from passt.context import Context
 from passt.flows.sockets import SocketFactory, enable_pktinfo
 from passt.loop import EVENT_READ, Timer
-
-log = logging.getLogger("passt")
 
 #: How often AUTO mode rescans the other side's bound ports (man page: "currently bound").
 AUTO_RESCAN_S: Final = 1.0
@@ -149,7 +147,6 @@ class Forwarder:
         #: (proto, port) -> reason, for every port we could not bind.
         self.failures: dict[tuple[str, int], str] = {}
         self._timer: Timer | None = None
-        self._prog = ctx.conf.mode.value
 
     # setup -----------------------------------------------------------------
     def _specs(self) -> list[tuple[str, PortFwd, ListenHandler]]:
@@ -192,24 +189,20 @@ class Forwarder:
             if (proto, port) in self._listeners:
                 continue
             if bound >= budget:
-                log.warning("%s: forwarding %s ports only up to %d: the rest of the %d descriptors "
-                            "is kept for connections (raise the open-files limit to forward more)",
-                            self._prog, proto.upper(), port - 1, limit)  # fmt: skip
+                log.warn(f"forwarding {proto.upper()} ports only up to {port - 1}: the rest of the {limit} "
+                         "descriptors is kept for connections (raise the open-files limit to forward more)")
                 break
             err = self._bind(proto, fwd, port, port, quiet=True)
             if err == 0:
                 bound += 1
             if err == errno.EMFILE or err == errno.ENFILE:
-                log.warning("%s: out of file descriptors binding %s ports, stopped at %d",
-                            self._prog, proto.upper(), port)  # fmt: skip
+                log.warn(f"out of file descriptors binding {proto.upper()} ports, stopped at {port}")
                 break
             if err == errno.EACCES or err == errno.EPERM:
                 denied += 1
         if denied:
-            log.warning(
-                "%s: can't bind %d %s ports: permission denied (needs root or CAP_NET_BIND_SERVICE)",
-                self._prog, denied, proto.upper(),
-            )  # fmt: skip
+            log.warn(f"can't bind {denied} {proto.upper()} ports: permission denied "
+                     "(needs root or CAP_NET_BIND_SERVICE)")
 
     def _family(self, fwd: PortFwd) -> tuple[int, str, bool]:
         """(socket family, bind host, v6only) for a spec's listeners."""
@@ -274,7 +267,7 @@ class Forwarder:
             reason = e.strerror or str(e)
         key = (proto, port)
         if not quiet and key not in self.failures:
-            log.warning("%s: can't bind %s port %d: %s", self._prog, proto.upper(), port, reason)
+            log.warn(f"can't bind {proto.upper()} port {port}: {reason}")
         self.failures[key] = reason
         return code
 

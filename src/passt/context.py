@@ -3,8 +3,9 @@
 One `Context` exists per process.  The dispatcher (`dispatch.py`) hands each
 parsed guest frame to a service or an L4 handler; handlers send frames back
 through `ctx.tap` (which may be None in passt while no guest is connected:
-then frames are dropped and counted) and create host sockets themselves.  In
-pasta, `ctx.ns` creates sockets inside the target namespace.
+then frames are dropped and counted) and create host sockets themselves.
+The context holds no handlers: they need it, so they are built after it and
+handed to the dispatcher (runtime.py), not set on it later.
 
     tap --read_frames()--> dispatch.from_tap --> services.* / flows.{tcp,udp,icmp}.from_tap
     flows/services --ctx.send()/ctx.send_gso()--> tap out batch --(deferred) flush
@@ -12,7 +13,6 @@ pasta, `ctx.ns` creates sockets inside the target namespace.
 
 from __future__ import annotations
 
-import socket
 from typing import Protocol
 
 from passt.config import Config
@@ -39,18 +39,10 @@ class L4Handler(Protocol):
         ...
 
 
-class NsSocketFactory(Protocol):
-    """Creates sockets inside pasta's target namespace (see pasta/nshelper)."""
-
-    def socket(self, family: int, type: int, proto: int = 0) -> socket.socket:
-        """A new socket living in the target network namespace."""
-        ...
-
-
 class Context:
     """Process-wide runtime state."""
 
-    __slots__ = ("conf", "guest", "loop", "counters", "tap", "ns", "tcp", "udp", "icmp")
+    __slots__ = ("conf", "guest", "loop", "counters", "tap")
 
     def __init__(self, conf: Config, loop: EventLoop) -> None:
         self.conf = conf
@@ -59,12 +51,6 @@ class Context:
         self.counters = Counters()
         #: The connected guest link; None while passt waits for a guest.
         self.tap: TapBackend | None = None
-        #: pasta only: socket factory for the target namespace.
-        self.ns: NsSocketFactory | None = None
-        #: L4 handlers, set up by the program's main (None when disabled).
-        self.tcp: L4Handler | None = None
-        self.udp: L4Handler | None = None
-        self.icmp: L4Handler | None = None
 
     def send(self, frame: Buffer) -> None:
         """Queue a complete frame to the guest and make sure it is flushed this turn."""

@@ -27,7 +27,7 @@ import struct
 from typing import Final, Protocol
 
 from passt import log
-from passt.context import Context
+from passt.context import Context, L4Handler
 from passt.wire.dhcp import DHCP_SERVER_PORT
 from passt.wire.dhcpv6 import DHCPV6_SERVER_PORT
 from passt.wire.errors import ParseError
@@ -80,8 +80,15 @@ class Dispatcher:
         dhcp: Ip4FrameService | None,
         ndp: Ip6FrameService | None,
         dhcpv6: Ip6FrameService | None,
+        tcp: L4Handler | None,
+        udp: L4Handler | None,
+        icmp: L4Handler | None,
     ) -> None:
+        """Services and handlers given as None are disabled: their frames are dropped and counted."""
         self.ctx = ctx
+        self.tcp = tcp
+        self.udp = udp
+        self.icmp = icmp
         self.arp = arp
         self.dhcp = dhcp
         self.ndp = ndp
@@ -142,11 +149,11 @@ class Dispatcher:
                 else:
                     ctx.counters.drop("dhcp_disabled")
                 return
-            handler = ctx.udp
+            handler = self.udp
         elif proto == PROTO_TCP:
-            handler = ctx.tcp
+            handler = self.tcp
         elif proto == PROTO_ICMP:
-            handler = ctx.icmp
+            handler = self.icmp
         else:
             ctx.counters.drop("ipv4_proto")
             return
@@ -173,7 +180,7 @@ class Dispatcher:
                     ctx.counters.drop("ndp_disabled")
                 self._learn6(ip.src)
                 return
-            handler = ctx.icmp
+            handler = self.icmp
         elif proto == PROTO_UDP:
             if len(l4) >= 8 and _PORTS.unpack_from(l4)[1] == DHCPV6_SERVER_PORT:
                 if self.dhcpv6 is not None:
@@ -181,9 +188,9 @@ class Dispatcher:
                 else:
                     ctx.counters.drop("dhcpv6_disabled")
                 return
-            handler = ctx.udp
+            handler = self.udp
         elif proto == PROTO_TCP:
-            handler = ctx.tcp
+            handler = self.tcp
         else:
             ctx.counters.drop("ipv6_proto")
             return

@@ -197,9 +197,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise fail(str(exc)) from None
 
     scan = _scanner(helper.pid)
-    runtime = Runtime(conf, local_addrs=local_addresses(), scan_ns_ports=scan)
+    runtime = Runtime(conf, local_addrs=local_addresses(), scan_ns_ports=scan, ns_socket=helper.socket)
     ctx = runtime.ctx
-    ctx.ns = helper
     ctx.guest.learn_mac(tap_mac)
     pcap = Pcap(conf.pcap) if conf.pcap else None
     runtime.attach_tap(TunTap(tap_fd, ctx.counters, pcap))

@@ -6,7 +6,8 @@ r"""Assembly shared by passt and pasta: context, services, handlers, timers.
 
 The program's main connects a tap back-end (`attach_tap`) and runs the loop.
 
-pasta adds the loopback bypass (`_start_bypass`, only when ctx.ns is set):
+pasta adds the loopback bypass (`_build_bypass`, only when given the namespace's
+socket factory); every object is built after what it needs, nothing is swapped in later:
 
     -t/-u listeners (host) --loopback peer--> SpliceHandler / UdpSpliceHandler
                                               --> socket in the namespace --> its 127.0.0.1/::1
@@ -35,6 +36,7 @@ from passt.context import Context
 from passt.dispatch import Dispatcher
 from passt.flows.fwd import TCP, Forwarder
 from passt.flows.icmp import IcmpHandler
+from passt.flows.sockets import SocketFactory
 from passt.flows.tcp import TcpHandler
 from passt.flows.tcp_splice import SpliceHandler, scan_loopback_ports
 from passt.flows.udp import UdpHandler
@@ -56,7 +58,9 @@ class Runtime:
         *,
         local_addrs: frozenset[bytes] = frozenset(),
         scan_ns_ports: Callable[[bool], set[int]] | None = None,
+        ns_socket: SocketFactory | None = None,
     ) -> None:
+        """`ns_socket` (pasta: the namespace helper's socket factory) adds the loopback bypass."""
         self.conf = conf
         self.loop = EventLoop()
         ctx = self.ctx = Context(conf, self.loop)
@@ -79,25 +83,31 @@ class Runtime:
         tcp = TcpHandler(ctx, local_addrs=local_addrs) if conf.tcp else None
         udp = UdpHandler(ctx, local_addrs=local_addrs) if conf.udp else None
         icmp = IcmpHandler(ctx) if conf.icmp else None
-        ctx.tcp, ctx.udp, ctx.icmp = tcp, udp, icmp
         self.tcp, self.udp, self.icmp = tcp, udp, icmp
-        self.dispatcher = Dispatcher(ctx, arp=self.arp, dhcp=self.dhcp, ndp=self.ndp, dhcpv6=self.dhcpv6)
-        self.forwarder = Forwarder(ctx, tcp=tcp, udp=udp, scan_ns_ports=scan_ns_ports)
+        self.dispatcher = Dispatcher(ctx, arp=self.arp, dhcp=self.dhcp, ndp=self.ndp, dhcpv6=self.dhcpv6,
+                                     tcp=tcp, udp=udp, icmp=icmp)  # fmt: skip
         self._ra_timer: Timer | None = None
         self._tap_handler: Callable[[int, float], None] | None = None
         self.on_tap_closed: Callable[[float], None] | None = None
-        #: pasta's loopback bypass (set up by start_forwarding when ctx.ns is set).
+        #: pasta's loopback bypass (built here when `ns_socket` is given).
         self.splice_in: SpliceHandler | None = None
         self.splice_out: SpliceHandler | None = None
         self.udp_splice_in: UdpSpliceHandler | None = None
         self.udp_splice_out: UdpSpliceHandler | None = None
         #: pasta: the -T/-U listeners in the namespace (one Forwarder per loopback address).
         self.ns_forwarders: list[Forwarder] = []
+        if ns_socket is not None:
+            self._build_bypass(ns_socket)
+        # -t/-u: loopback peers go to the bypass when there is one; `auto` never forwards
+        # back the ports our own -T/-U listeners hold on the namespace side
+        ns_fwds = self.ns_forwarders
+        self.forwarder = Forwarder(
+            ctx, tcp=self.splice_in or tcp, udp=self.udp_splice_in or udp, scan_ns_ports=scan_ns_ports,
+            own_ports=(lambda tcp: _bound_ports(ns_fwds, tcp)) if ns_fwds else None,
+        )  # fmt: skip
 
     def start_forwarding(self) -> None:
         """Open the -t/-u listeners (warnings for ports we can't bind); pasta: also -T/-U."""
-        if self.ctx.ns is not None:
-            self._start_bypass()
         if self.conf.tcp_in.mode is not FwdMode.NONE or self.conf.udp_in.mode is not FwdMode.NONE:
             self.forwarder.start()
         for fwd in self.ns_forwarders:
@@ -108,20 +118,16 @@ class Runtime:
         return sum(h.flow_count() for h in (self.splice_in, self.splice_out) if h is not None)
 
     # pasta's loopback bypass --------------------------------------------------
-    def _start_bypass(self) -> None:
-        """Wire the splice handlers in front of -t/-u and create the -T/-U forwarders."""
-        ns = self.ctx.ns
-        assert ns is not None
-        ctx, conf, host_fwd = self.ctx, self.conf, self.forwarder
+    def _build_bypass(self, ns_socket: SocketFactory) -> None:
+        """The splice handlers in front of -t/-u, and the -T/-U forwarders (started later)."""
+        ctx, conf = self.ctx, self.conf
         if self.tcp is not None:
             # non-loopback peers of -t keep going through the tap
-            self.splice_in = SpliceHandler(ctx, target_socket=ns.socket, fallback=self.tcp.accept_socket,
+            self.splice_in = SpliceHandler(ctx, target_socket=ns_socket, fallback=self.tcp.accept_socket,
                                            name="tcp_splice_in")  # fmt: skip
-            host_fwd.tcp = self.splice_in
         if self.udp is not None:
-            self.udp_splice_in = UdpSpliceHandler(ctx, target_socket=ns.socket, fallback=self.udp,
+            self.udp_splice_in = UdpSpliceHandler(ctx, target_socket=ns_socket, fallback=self.udp,
                                                   name="udp_splice_in")  # fmt: skip
-            host_fwd.udp = self.udp_splice_in
         if conf.tcp and conf.tcp_out.mode is not FwdMode.NONE:
             self.splice_out = SpliceHandler(ctx, target_socket=socket.socket, name="tcp_splice_out")
         if conf.udp and conf.udp_out.mode is not FwdMode.NONE:
@@ -133,13 +139,12 @@ class Runtime:
             if tcp_h is None and udp_h is None:
                 continue
             for addr in _ns_listen_addrs(conf, fwd):
+                # the host side's listeners (self.forwarder, built next) are never forwarded back
                 self.ns_forwarders.append(Forwarder(
                     ctx, tcp=tcp_h, udp=udp_h, scan_ns_ports=scan_host,
                     tcp_fwd=_with_addr(conf.tcp_out, addr), udp_fwd=_with_addr(conf.udp_out, addr),
-                    socket_factory=ns.socket, own_ports=lambda tcp: _bound_ports([host_fwd], tcp),
+                    socket_factory=ns_socket, own_ports=lambda tcp: _bound_ports([self.forwarder], tcp),
                 ))  # fmt: skip
-        ns_fwds = self.ns_forwarders
-        host_fwd.own_ports = lambda tcp: _bound_ports(ns_fwds, tcp)
 
     # tap ---------------------------------------------------------------
     def attach_tap(self, tap: TapBackend) -> None:

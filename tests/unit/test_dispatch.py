@@ -56,9 +56,8 @@ def _eth() -> Ether:
 def _setup() -> tuple[Any, Any, Recorder, RecordingService]:
     ctx, tap = make_ctx()
     rec = Recorder()
-    ctx.tcp = ctx.udp = ctx.icmp = rec
     svc = RecordingService()
-    disp = Dispatcher(ctx, arp=None, dhcp=svc, ndp=svc, dhcpv6=svc)
+    disp = Dispatcher(ctx, arp=None, dhcp=svc, ndp=svc, dhcpv6=svc, tcp=rec, udp=rec, icmp=rec)
     return ctx, disp, rec, svc
 
 
@@ -137,7 +136,7 @@ def test_services_get_the_parsed_header() -> None:
 def test_dhcp_discover_answered_through_the_dispatcher() -> None:
     ctx, tap = make_ctx()
     svc = DhcpService(ctx.conf, ctx.guest, ctx.counters)
-    disp = Dispatcher(ctx, arp=None, dhcp=svc, ndp=None, dhcpv6=None)
+    disp = Dispatcher(ctx, arp=None, dhcp=svc, ndp=None, dhcpv6=None, tcp=None, udp=None, icmp=None)
     frame = raw(_eth() / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67)
                 / BOOTP(chaddr=b"\x52\x54\x00\x12\x34\x56", xid=7)
                 / DHCP(options=[("message-type", "discover"), "end"]))  # fmt: skip

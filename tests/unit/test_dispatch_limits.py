@@ -64,10 +64,9 @@ def test_sctp_igmp_mld_dropped_counted_unanswered(name: str) -> None:
     """Guest SCTP (IPv4, IPv6), IGMPv2 and MLDv2 reports: no handler, no answer, one counted drop."""
     frame, reason = FRAMES[name]
     ctx, tap = make_ctx()
-    ctx.tcp = ctx.udp = Refuse()
-    ctx.icmp = IcmpHandler(ctx)
-    disp = Dispatcher(ctx, arp=None, dhcp=None, ndp=None, dhcpv6=None)
+    icmp = IcmpHandler(ctx)
+    disp = Dispatcher(ctx, arp=None, dhcp=None, ndp=None, dhcpv6=None, tcp=Refuse(), udp=Refuse(), icmp=icmp)
     disp.from_tap([memoryview(raw(frame))], 0.0)
     assert tap.frames == []
     assert dict(ctx.counters.drops) == {reason: 1}
-    assert ctx.icmp.flow_count() == 0
+    assert icmp.flow_count() == 0

@@ -611,7 +611,8 @@ def fuzz_body(mode: Mode, count: int, seed: int) -> dict[str, Any]:
     loop = runtime.loop
     handlers: dict[str, Any] = {"tcp": runtime.tcp, "udp": runtime.udp, "icmp": runtime.icmp}
     probes = {k: Probe(h, k) for k, h in handlers.items()}
-    ctx.tcp, ctx.udp, ctx.icmp = probes["tcp"], probes["udp"], probes["icmp"]
+    disp = runtime.dispatcher  # the probes stand between the dispatcher and each handler
+    disp.tcp, disp.udp, disp.icmp = probes["tcp"], probes["udp"], probes["icmp"]
     servers = Servers(loop)
 
     mut = Mutator(seeds, seed)

@@ -8,7 +8,7 @@ drops and counts).  Idle expiry is the caller's job (it knows its timeouts).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from typing import Final, Generic, Protocol, TypeVar
 
 #: Default bound: upstream passt allows 2**17 flows in total; we keep it per protocol.
@@ -58,12 +58,6 @@ class FlowTable(Generic[K, V]):
     def values(self) -> list[V]:
         """A snapshot of the flows (safe to remove while iterating it)."""
         return list(self._flows.values())
-
-    def items(self) -> Iterator[tuple[K, V]]:
-        return iter(list(self._flows.items()))
-
-    def clear(self) -> None:
-        self._flows.clear()
 
 
 def expire_idle(table: FlowTable[K, T], limit: float, close: Callable[[T], None]) -> int:

@@ -85,13 +85,3 @@ def pseudo_sum6(src: bytes, dst: bytes, proto: int, length: int) -> int:
     value = int.from_bytes(src, "big") + int.from_bytes(dst, "big")
     rem = value % 0xFFFF
     return _fold(rem + (length >> 16) + (length & 0xFFFF) + proto)
-
-
-def l4_checksum4(src: bytes, dst: bytes, proto: int, segment: bytes | bytearray | memoryview) -> int:
-    """Checksum of a TCP/UDP/... segment over IPv4, checksum field zeroed by the caller."""
-    return finish(csum_partial(segment, pseudo_sum4(src, dst, proto, len(segment))))
-
-
-def l4_checksum6(src: bytes, dst: bytes, proto: int, segment: bytes | bytearray | memoryview) -> int:
-    """Checksum of a TCP/UDP/ICMPv6 segment over IPv6, checksum field zeroed by the caller."""
-    return finish(csum_partial(segment, pseudo_sum6(src, dst, proto, len(segment))))

@@ -57,6 +57,11 @@ print("DNSQ", proto, src[0], a)
 '''
 
 
+#: Fetch a file by name through the libc resolver (getaddrinfo and /etc/resolv.conf).
+FETCH = ("import urllib.request as u; "
+         "print(u.urlopen('http://web.example.test:8080/hello.txt', timeout=5).read().decode())")
+
+
 def _dnsq(tmp_path: Path) -> Path:
     path = tmp_path / "dnsq.py"
     path.write_text(DNSQ)
@@ -89,24 +94,39 @@ def _who_said(out: str) -> dict[str, str]:
 
 @pytest.mark.conformance("callers.dns-forward", "callers.dns-host")
 def test_dns_forward_reaches_host_resolver_over_udp_and_tcp(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
-    """Queries to --dns-forward (UDP, TCP, busybox nslookup; IPv4 and IPv6) reach the host's first
-    nameserver from the host's address, and the answers come back from the forward address."""
+    """Queries to --dns-forward (UDP, TCP, busybox nslookup, libc through a resolv.conf naming
+    only the forward address; IPv4 and IPv6) reach the host's first nameserver from the host's
+    address, and the answers come back from the forward address."""
     log = tmp_path / "dns.log"
     start_dns(topo, log, [DNS_ADDR4, DNS_ADDR6])
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "hello.txt").write_text("hello-through-dns-forward\n")
+    topo.start_http(web)
+    # as Podman does: the namespace's resolv.conf names only the forward address; the
+    # libc resolver then finds the web server (bookworm's static busybox wget crashes in it)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {FWD4}\n")
+    fetch = tmp_path / "fetch.py"
+    fetch.write_text(FETCH)
     q = _dnsq(tmp_path)
     script = (f"python3 {q} udp {FWD4} udp4.example.test; python3 {q} tcp {FWD4} tcp4.example.test; "
               f"python3 {q} udp {FWD6} udp6.example.test; "
-              f"busybox nslookup -type=a nsl.example.test {FWD4} || true")  # fmt: skip
+              f"busybox nslookup -type=a nsl.example.test {FWD4} || true; "
+              f"unshare -m sh -c 'mount --bind {resolv} /etc/resolv.conf && "
+              f"python3 {fetch}' || true")  # fmt: skip
     res = in_pasta(topo, pasta_bin, [*NET, "--dns-forward", FWD4, "--dns-forward", FWD6], script)
     assert res.returncode == 0, res.stdout + res.stderr
     assert _answers(res.stdout) == [["udp", FWD4, ANSWER_A], ["tcp", FWD4, ANSWER_A],
                                     ["udp", FWD6, ANSWER_A]], res.stdout  # fmt: skip
     assert re.search(rf"Address:\s+{re.escape(ANSWER_A)}\b", res.stdout), res.stdout
+    assert "hello-through-dns-forward" in res.stdout, res.stdout + res.stderr
     seen = {(q[0], q[1], q[2], q[3]) for q in queries(log)}
     assert ("udp", HOST_ADDR4, DNS_ADDR4, "udp4.example.test") in seen, seen
     assert ("tcp", HOST_ADDR4, DNS_ADDR4, "tcp4.example.test") in seen, seen
     assert ("udp", "fd77::2", DNS_ADDR6, "udp6.example.test") in seen, seen
     assert ("udp", HOST_ADDR4, DNS_ADDR4, "nsl.example.test") in seen, seen
+    assert ("udp", HOST_ADDR4, DNS_ADDR4, "web.example.test") in seen, seen
 
 
 @pytest.mark.conformance("callers.dns-host", "callers.dns-forward")
@@ -150,8 +170,8 @@ def test_map_host_loopback(topo: Topology, pasta_bin: str, extra: list[str]) -> 
     _who_server(topo, topo.host, "127.0.0.1")
     topo.start_echo(port=7001)  # wan: shows the namespace reaches out at all
     probe = _who(LOOP_MAP, "Map") + _who(WAN_GW4, "Gw")
-    probe += "e=$(echo hi | timeout 6 socat -T 3 - TCP:%s:7001,connect-timeout=2 2>/dev/null || true); " \
-             'echo "WHOWan=$e"' % WAN_ADDR4  # fmt: skip
+    probe += (f"e=$(echo hi | timeout 6 socat -T 3 - TCP:{WAN_ADDR4}:7001,connect-timeout=2 2>/dev/null "
+              '|| true); echo "WHOWan=$e"')  # fmt: skip
     res = in_pasta(topo, pasta_bin, [*NET, *extra], probe)
     assert res.returncode == 0, res.stdout + res.stderr
     said = _who_said(res.stdout)

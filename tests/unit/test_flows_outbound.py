@@ -182,3 +182,27 @@ def test_outbound_bind_failure_is_an_errno() -> None:
     assert s.calls == []
     with pytest.raises(OSError):
         out.connect(s, 4, p4("203.0.113.1"), ("203.0.113.1", 80))
+
+
+@pytest.mark.conformance("callers.dns-forward", "callers.map-host-loopback")
+def test_passt_hands_out_forward_address_for_loopback_resolvers() -> None:
+    """passt's DHCP/RDNSS/DHCPv6 list: the host's 127.0.0.53 becomes --dns-forward; real servers stay."""
+    from passt.cli import parse_args
+    from passt.config import Mode
+    from passt.hostinfo import HostInfo
+
+    host = HostInfo(ifname="eth0", mac=bytes.fromhex("020000000001"), mtu=1500,
+                    addr4=A4("192.0.2.3"), prefix4=24, gw4=A4("192.0.2.1"), route4=True,
+                    addr6=A6("2001:db8:1::3"), prefix6=64, gw6=A6("fe80::1"), route6=True,
+                    dns4=(A4("127.0.0.53"), A4("198.51.100.53")), dns6=(A6("::1"),))  # fmt: skip
+    plain = parse_args(Mode.PASST, [], host=host)
+    assert plain.ip4 is not None and plain.ip4.dns == (A4("198.51.100.53"),)
+    assert plain.ip6 is not None and plain.ip6.dns == ()
+    conf = parse_args(Mode.PASST, ["--dns-forward", "169.254.1.1", "--dns-forward", "fd00::53"], host=host)
+    assert conf.ip4 is not None and conf.ip4.dns == (A4("169.254.1.1"), A4("198.51.100.53"))
+    assert conf.ip6 is not None and conf.ip6.dns == (A6("fd00::53"),)
+    mapped = parse_args(Mode.PASST, ["--map-host-loopback", "192.0.2.1"], host=host)
+    assert mapped.ip4 is not None and mapped.ip4.dns == (A4("192.0.2.1"), A4("198.51.100.53"))
+    # and the data path agrees: DNS to the handed-out address reaches the host's stub
+    out = Outbound.from_config(mapped, (host.dns4, host.dns6))
+    assert out.target(4, p4("192.0.2.1"), 53, dns=True) == p4("127.0.0.53")

@@ -230,6 +230,12 @@ class IcmpHandler:
             # Stay unbound: the kernel picks a free identifier on first send.
             fallback = True
             counters.event("icmp_id_fallback")
+            try:  # but -o/--outbound-if* still hold (identifier 0: the kernel's choice)
+                self._out.bind_icmp(sock, af, real, 0)
+            except OSError:
+                sock.close()
+                counters.drop("icmp_outbound_bind")
+                return None
         flow = IcmpFlow(key, sock, guest_addr=src, fallback=fallback, now=now,
                         scope=link_scope(self.ctx, af, dst))  # fmt: skip
         flow.sockaddr = sockaddr_of(af, real, 0, link_scope(self.ctx, af, real))

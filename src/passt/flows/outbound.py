@@ -191,19 +191,17 @@ class Outbound:
         `dns`: the protocol is one --dns-forward applies to (TCP or UDP).
         """
         if af == 4:
-            if dns and dst == self.dns_match4 and dport in DNS_PORTS and self.dns_host4:
-                return self.dns_host4
-            if dst == self.host_lo4:
-                return _LOOPBACK4
-            if dst == self.guest_map4 and self.guest_addr4 is not None:
-                return self.guest_addr4
-            return dst
-        if dns and dst == self.dns_match6 and dport in DNS_PORTS and self.dns_host6:
-            return self.dns_host6
-        if dst == self.host_lo6:
-            return _LOOPBACK6
-        if dst == self.guest_map6 and self.guest_addr6 is not None:
-            return self.guest_addr6
+            match, host, lo, gmap, gaddr = (self.dns_match4, self.dns_host4, self.host_lo4,
+                                            self.guest_map4, self.guest_addr4)  # fmt: skip
+        else:
+            match, host, lo, gmap, gaddr = (self.dns_match6, self.dns_host6, self.host_lo6,
+                                            self.guest_map6, self.guest_addr6)  # fmt: skip
+        if dns and host is not None and dst == match and dport in DNS_PORTS:
+            return host
+        if dst == lo:
+            return _LOOPBACK4 if af == 4 else _LOOPBACK6
+        if gaddr is not None and dst == gmap:
+            return gaddr
         return dst
 
     def _bind(self, sock: socket.socket, af: int, target: bytes, port: int) -> None:

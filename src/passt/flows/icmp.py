@@ -47,17 +47,9 @@ from typing import Final
 from passt.context import Context
 from passt.flows import nat
 from passt.flows.outbound import Outbound
+from passt.flows.sockets import SOCK_FAMILY, SocketFactory, dst_forwardable, link_scope, sockaddr_of
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
-from passt.flows.udp import (
-    L4_OFF6,
-    SOCK_FAMILY,
-    SocketFactory,
-    dst_not_forwardable,
-    ip4_fixed_sum,
-    link_scope,
-    sockaddr_of,
-    write_l2l3,
-)
+from passt.flows.udp import L4_OFF6, ip4_fixed_sum, write_l2l3
 from passt.loop import EVENT_READ, Timer
 from passt.wire.checksum import csum_partial, finish, pseudo_sum6
 from passt.wire.icmp import (
@@ -198,7 +190,7 @@ class IcmpHandler:
         """A new echo flow with a ping socket bound to the guest's identifier; None: dropped."""
         af, ident, dst = key
         counters = self.ctx.counters
-        if dst_not_forwardable(af, dst):
+        if not dst_forwardable(af, dst):
             counters.drop("icmp_dst_invalid")
             return None
         if not self.loopback_dst and nat.is_loopback(af, dst):
@@ -237,8 +229,8 @@ class IcmpHandler:
                 counters.drop("icmp_outbound_bind")
                 return None
         flow = IcmpFlow(key, sock, guest_addr=src, fallback=fallback, now=now,
-                        scope=link_scope(self.ctx, af, dst))  # fmt: skip
-        flow.sockaddr = sockaddr_of(af, real, 0, link_scope(self.ctx, af, real))
+                        scope=link_scope(self.ctx.conf.out_ifname, af, dst))  # fmt: skip
+        flow.sockaddr = sockaddr_of(af, real, 0, link_scope(self.ctx.conf.out_ifname, af, real))
         self.flows.add(key, flow)
         self.ctx.loop.register(sock.fileno(), EVENT_READ, lambda _m, t: self._sock_ready(flow, t))
         counters.event("icmp_flow")

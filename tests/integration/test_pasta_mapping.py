@@ -21,6 +21,7 @@ from harness.netns import HOST_ADDR4, WAN_ADDR4, WAN_GW4, Topology
 from harness.netns.dns import ANSWER_A, queries, start_dns
 from harness.netns.topology import DNS_ADDR4, DNS_ADDR6, HOST_IF, WAN_ADDR6
 from tests.integration.clients import in_pasta
+from tests.integration.conftest import wait_until
 
 #: Podman's way: configured namespace, no port forwarding at all.
 NET = ["--config-net", "-t", "none", "-u", "none", "-T", "none", "-U", "none"]
@@ -159,6 +160,22 @@ def test_map_guest_addr_reaches_server_on_host_address(topo: Topology, pasta_bin
     said = _who_said(res.stdout)
     assert said["Map"] == f"peer={HOST_ADDR4}", res.stdout  # the host's server answered, to a host socket
     assert said["Own"] == "", res.stdout  # the namespace's own address: nothing listens there
+
+
+@pytest.mark.conformance("callers.map-guest-addr", "notes.nat.src-gateway")
+def test_map_guest_addr_is_the_source_of_host_connections(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
+    """With --map-guest-addr, a connection from the host's own address to a forwarded port reaches
+    the namespace from that address (host.containers.internal), no longer from the gateway."""
+    ready = tmp_path / "ready"
+    script = ("socat TCP-LISTEN:2222,reuseaddr 'SYSTEM:echo peer=$SOCAT_PEERADDR' & "
+              "until ss -Hltn 'sport = :2222' | grep -q .; do sleep 0.02; done; "
+              f"touch {ready}; wait")  # fmt: skip
+    topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "-t", "2222", "-u", "none", "-T", "none",
+                           "-U", "none", "--map-guest-addr", GUEST_MAP, "--", "sh", "-c", script])  # fmt: skip
+    topo.wait_listening(topo.host, 2222)
+    wait_until(ready.exists, what="namespace server")
+    res = topo.run(topo.host, ["socat", "-t", "2", "-", f"TCP:{HOST_ADDR4}:2222"], input="", timeout=20)
+    assert res.stdout.strip() == f"peer={GUEST_MAP}", res.stdout + res.stderr
 
 
 @pytest.mark.parametrize("extra", [[], ["--no-map-gw"], ["--map-host-loopback", "none"]],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.netns import HOST_ADDR4, WAN_ADDR4, WAN_GW4, Topology
+from harness.netns import HOST_ADDR4, HOST_ADDR6, WAN_ADDR4, WAN_GW4, Topology
 from harness.netns.dns import ANSWER_A, queries, start_dns
 from harness.netns.topology import DNS_ADDR4, DNS_ADDR6, HOST_IF, WAN_ADDR6
 from tests.integration.clients import in_pasta
@@ -28,6 +28,7 @@ NET = ["--config-net", "-t", "none", "-u", "none", "-T", "none", "-U", "none"]
 FWD4 = "169.254.1.1"
 FWD6 = "fd00:53::1"
 GUEST_MAP = "169.254.1.2"
+GUEST_MAP6 = "fd00::2"
 LOOP_MAP = "169.254.1.3"
 WHO_PORT = 7010
 
@@ -87,6 +88,10 @@ def _who(addr: str, tag: str, port: int = WHO_PORT) -> str:
     target = f"[{addr}]" if ":" in addr else addr
     return (f"w=$(timeout 6 socat -T 3 - TCP:{target}:{port},connect-timeout=2 </dev/null 2>/dev/null || true); "
             f'echo "WHO{tag}=$w"; ')  # fmt: skip
+
+
+#: Namespace shell: one echo request to {addr}, printed as WHOPing=yes|no.
+PING = "if ping -c 1 -W 2 {addr} >/dev/null 2>&1; then echo WHOPing=yes; else echo WHOPing=no; fi; "
 
 
 def _who_said(out: str) -> dict[str, str]:
@@ -154,12 +159,14 @@ def test_map_guest_addr_reaches_server_on_host_address(topo: Topology, pasta_bin
     """--map-guest-addr: the namespace reaches a server bound only to the host's own address,
     which its own copy of that address shadows; the address itself stays the namespace's."""
     _who_server(topo, topo.host, HOST_ADDR4)
-    script = _who(GUEST_MAP, "Map") + _who(HOST_ADDR4, "Own")
-    res = in_pasta(topo, pasta_bin, [*NET, "--map-guest-addr", GUEST_MAP], script)
+    _who_server(topo, topo.host, HOST_ADDR6, WHO_PORT + 1)
+    script = _who(GUEST_MAP, "Map") + _who(HOST_ADDR4, "Own") + _who(GUEST_MAP6, "Map6", WHO_PORT + 1)
+    res = in_pasta(topo, pasta_bin, [*NET, "--map-guest-addr", GUEST_MAP, "--map-guest-addr", GUEST_MAP6], script)
     assert res.returncode == 0, res.stdout + res.stderr
     said = _who_said(res.stdout)
     assert said["Map"] == f"peer={HOST_ADDR4}", res.stdout  # the host's server answered, to a host socket
     assert said["Own"] == "", res.stdout  # the namespace's own address: nothing listens there
+    assert said["Map6"] == "peer=[fd77:0000:0000:0000:0000:0000:0000:0002]", res.stdout  # socat spells it out
 
 
 @pytest.mark.conformance("callers.map-guest-addr", "notes.nat.src-gateway")
@@ -183,21 +190,23 @@ def test_map_guest_addr_is_the_source_of_host_connections(topo: Topology, pasta_
 @pytest.mark.conformance("callers.map-host-loopback", "callers.no-map-gw", "notes.nat.gateway-to-loopback")
 def test_map_host_loopback(topo: Topology, pasta_bin: str, extra: list[str]) -> None:
     """--map-host-loopback ADDR reaches a server bound to the host's 127.0.0.1 only, which sees a
-    loopback peer; without it (default, --no-map-gw, none) neither ADDR nor the gateway reach it."""
+    loopback peer, and answers pings (the host's loopback does); without it (default, --no-map-gw,
+    none) neither ADDR nor the gateway reach it."""
     _who_server(topo, topo.host, "127.0.0.1")
     topo.start_echo(port=7001)  # wan: shows the namespace reaches out at all
-    probe = _who(LOOP_MAP, "Map") + _who(WAN_GW4, "Gw")
+    probe = _who(LOOP_MAP, "Map") + _who(WAN_GW4, "Gw") + PING.format(addr=LOOP_MAP)
     probe += (f"e=$(echo hi | timeout 6 socat -T 3 - TCP:{WAN_ADDR4}:7001,connect-timeout=2 2>/dev/null "
               '|| true); echo "WHOWan=$e"')  # fmt: skip
     res = in_pasta(topo, pasta_bin, [*NET, *extra], probe)
     assert res.returncode == 0, res.stdout + res.stderr
     said = _who_said(res.stdout)
-    assert said == {"Map": "", "Gw": "", "Wan": "hi"}, res.stdout
+    assert said == {"Map": "", "Gw": "", "Wan": "hi", "Ping": "no"}, res.stdout
     if extra:
         return  # the mapped case needs no repeating per variant
-    mapped = in_pasta(topo, pasta_bin, [*NET, "--map-host-loopback", LOOP_MAP], _who(LOOP_MAP, "Map"))
+    mapped = in_pasta(topo, pasta_bin, [*NET, "--map-host-loopback", LOOP_MAP],
+                      _who(LOOP_MAP, "Map") + PING.format(addr=LOOP_MAP))  # fmt: skip
     assert mapped.returncode == 0, mapped.stdout + mapped.stderr
-    assert _who_said(mapped.stdout)["Map"] == "peer=127.0.0.1", mapped.stdout
+    assert _who_said(mapped.stdout) == {"Map": "peer=127.0.0.1", "Ping": "yes"}, mapped.stdout
 
 
 @pytest.mark.conformance("callers.outbound")

@@ -103,7 +103,6 @@ def make_handler(*, offload: bool = False, **kw: Any) -> tuple[Context, FakeTap,
     ctx, tap = make_ctx(offload=offload, **conf_kw)
     h_kw.setdefault("loopback_dst", True)
     handler = TcpHandler(ctx, **h_kw)
-    ctx.tcp = handler
     return ctx, tap, handler
 
 

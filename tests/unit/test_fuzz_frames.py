@@ -856,7 +856,7 @@ def test_udp_flow_pressure_recycles_unanswered_flows() -> None:
         later = t0 + UDP_EVICT_UNANSWERED_S + 0.5
         datagram(1005, 9, later)
         datagram(1006, 9, later)
-        keys = {k[2] for k, _ in handler.flows.items()}
+        keys = {f.key[2] for f in handler.flows.values()}
         assert keys == {1000, 1003, 1005, 1006}, keys  # oldest unanswered went first; the live one stayed
         assert ctx.counters.events["udp_flow_evicted"] == 2
         datagram(1000, echo_port, later)

@@ -203,7 +203,7 @@ class SpliceConn:
 class SpliceHandler:
     """Spliced TCP connections for one direction of pasta's loopback bypass.
 
-    `target_socket` makes the socket on the other side (ctx.ns.socket for
+    `target_socket` makes the socket on the other side (the namespace helper's socket for
     -t, socket.socket for -T); `fallback` receives accepted connections whose
     peer is not loopback (None: every connection is spliced).
     """

@@ -63,6 +63,10 @@ class IPv4Header(NamedTuple):
     dst: bytes
 
 
+#: tuple.__new__ skips the NamedTuple constructor's Python frame (a per-frame cost: the dispatcher parses every frame).
+_new: Final = tuple.__new__
+
+
 def parse_ipv4(packet: memoryview) -> tuple[IPv4Header, memoryview]:
     """Parse an IPv4 header; returns it and the L4 payload bounded by Total Length.
 
@@ -85,7 +89,7 @@ def parse_ipv4(packet: memoryview) -> tuple[IPv4Header, memoryview]:
         raise ParseError("ipv4 total length")
     if flags_frag & (IP_MF | IP_OFFMASK):
         raise ParseError("fragment")
-    hdr = IPv4Header(header_len, tos, total_len, ident, flags_frag, ttl, proto, src, dst)
+    hdr = _new(IPv4Header, (header_len, tos, total_len, ident, flags_frag, ttl, proto, src, dst))
     return hdr, packet[header_len:total_len]
 
 

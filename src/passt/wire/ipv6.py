@@ -64,6 +64,10 @@ class IPv6Header(NamedTuple):
     dst: bytes
 
 
+#: tuple.__new__ skips the NamedTuple constructor's Python frame (the dispatcher parses every frame).
+_new: Final = tuple.__new__
+
+
 def parse_ipv6(packet: memoryview) -> tuple[IPv6Header, int, memoryview]:
     """Parse an IPv6 packet into (header, upper-layer protocol, upper-layer bytes).
 
@@ -79,9 +83,7 @@ def parse_ipv6(packet: memoryview) -> tuple[IPv6Header, int, memoryview]:
         raise ParseError("ipv6 version")
     if payload_len > n - IPV6_HLEN:
         raise ParseError("ipv6 payload length")
-    hdr = IPv6Header(
-        (vtcfl >> 20) & 0xFF, vtcfl & 0xFFFFF, payload_len, next_header, hop_limit, src, dst
-    )
+    hdr = _new(IPv6Header, ((vtcfl >> 20) & 0xFF, vtcfl & 0xFFFFF, payload_len, next_header, hop_limit, src, dst))
     body = packet[IPV6_HLEN : IPV6_HLEN + payload_len]
     proto = next_header
     off = 0
@@ -99,7 +101,7 @@ def parse_ipv6(packet: memoryview) -> tuple[IPv6Header, int, memoryview]:
         count += 1
     if proto == PROTO_FRAGMENT:
         raise ParseError("fragment")
-    return hdr, proto, body[off:]
+    return hdr, proto, body if off == 0 else body[off:]
 
 
 def build_ipv6(

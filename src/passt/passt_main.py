@@ -81,25 +81,47 @@ def bind_socket(path: str | None) -> tuple[socket.socket, str]:
     raise fail(f"no free socket between {candidates[0]} and {candidates[-1]}; use -s PATH")
 
 
+def _given_socket(fd: int) -> socket.socket:
+    """-F FD: the caller's already connected stream socket to the guest."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise fail(f"-F {fd}: {exc.strerror}: give an open, connected UNIX stream socket") from None
+    if sock.type != socket.SOCK_STREAM:
+        sock.detach()
+        raise fail(f"-F {fd}: not a stream socket: give a connected UNIX stream socket")
+    sock.setblocking(False)
+    return sock
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         conf = parse_args(Mode.PASST, args)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    log.setup("passt", debug=conf.debug, quiet=conf.quiet, stderr=conf.stderr, log_file=conf.log_file)
+    try:
+        log.setup("passt", debug=conf.debug, quiet=conf.quiet, stderr=conf.stderr, log_file=conf.log_file,
+                  log_size=conf.log_size, trace=conf.trace)
+    except OSError as exc:
+        raise fail(f"can't open log file {conf.log_file}: {exc.strerror}; choose another with -l") from None
     # The capture file exists before the socket does: a client that can
     # connect may look for the capture at once.
     try:
         pcap = Pcap(conf.pcap) if conf.pcap else None
     except OSError as exc:
         raise fail(f"can't open capture file {conf.pcap}: {exc.strerror}; choose another with -p") from None
-    listener, path = bind_socket(conf.socket_path)
-    listener.setblocking(False)
+    listener: socket.socket | None = None
+    if conf.fd is not None:
+        guest = _given_socket(conf.fd)
+        path = f"descriptor {conf.fd}"
+    else:
+        listener, path = bind_socket(conf.socket_path)
+        listener.setblocking(False)
     runtime = Runtime(conf, local_addrs=local_addresses())
     runtime.start_forwarding()
-    if not conf.quiet:
-        out = format_summary(conf)
+    out = format_summary(conf)
+    if listener is not None:
         out += f"UNIX domain socket bound at {path}\n\n"
         out += "You can now start qemu (>= 7.2, with a stream netdev):\n"
         out += (
@@ -108,8 +130,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         out += "or qrap, for earlier qemu versions:\n"
         out += "    ./qrap 5 qemu-system-x86_64 ... -net socket,fd=5 -net nic,model=virtio\n"
-        sys.stdout.write(out)
-        sys.stdout.flush()
+    log.block(out)
     loop = runtime.loop
     # From the moment a client can connect, SIGTERM is an orderly stop
     # (socket removed, capture closed), never the default abrupt death.
@@ -117,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: loop.stop())
 
     def on_accept(_mask: int, _now: float) -> None:
+        assert listener is not None
         try:
             conn, _ = listener.accept()
         except OSError as exc:
@@ -133,27 +155,40 @@ def main(argv: Sequence[str] | None = None) -> None:
         runtime.attach_tap(StreamTap(conn, runtime.ctx.counters, pcap))
 
     def on_closed(_now: float) -> None:
+        if conf.one_off or listener is None:
+            log.info("guest disconnected: exiting (--one-off)")
+            loop.stop()
+            return
         log.info("guest disconnected, waiting for the next one")
         loop.register(listener.fileno(), EVENT_READ, on_accept)
 
     runtime.on_tap_closed = on_closed
-    loop.register(listener.fileno(), EVENT_READ, on_accept)
-    if not (conf.foreground or conf.debug) and daemon.interactive():
-        daemon.daemonize()
-    daemon.write_pid_file(conf.pid_file)
+    if listener is not None:
+        loop.register(listener.fileno(), EVENT_READ, on_accept)
+    else:
+        runtime.attach_tap(StreamTap(guest, runtime.ctx.counters, pcap))
+    # Ready: the socket listens.  Fork now (unless -f/-d), so that the
+    # caller's process exits 0 only when a guest can connect.
+    readiness = daemon.foreground() if conf.foreground else daemon.background(keep_stderr=conf.stderr)
+    try:
+        daemon.write_pid_file(conf.pid_file)
+    except OSError as exc:
+        raise readiness.failed("passt", f"can't write PID file {conf.pid_file}: {exc.strerror}") from None
     # Everything privileged is done (socket, listeners, capture file).
     try:
         daemon.drop_privileges(conf.runas)
     except OSError as exc:
-        raise fail(f"can't switch to --runas user: {exc.strerror}") from None
+        raise readiness.failed("passt", f"can't switch to --runas user: {exc.strerror}") from None
+    readiness.ready()
     try:
         loop.run()
     finally:
-        listener.close()
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        if listener is not None:
+            listener.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         if pcap is not None:
             pcap.close()
     raise SystemExit(0)

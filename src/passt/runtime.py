@@ -70,7 +70,8 @@ class Runtime:
             if conf.ip4 and conf.dhcp
             else None
         )
-        self.ndp = NdpService(conf, ctx.guest, counters, log.info, now=now) if conf.ip6 and conf.ndp else None
+        # NDP answers every NS/RS: per-packet lines are debug (issue 11)
+        self.ndp = NdpService(conf, ctx.guest, counters, log.debug, now=now) if conf.ip6 and conf.ndp else None
         self.dhcpv6 = (
             Dhcpv6Service(conf, ctx.guest, counters, log.info, verify_l4_checksum=verify)
             if conf.ip6 and conf.dhcpv6
@@ -113,12 +114,12 @@ class Runtime:
         ns = self.ctx.ns
         assert ns is not None
         ctx, conf, host_fwd = self.ctx, self.conf, self.forwarder
-        if self.tcp is not None:
+        if self.tcp is not None and conf.splice:  # --no-splice: inbound local traffic via the tap
             # non-loopback peers of -t keep going through the tap
             self.splice_in = SpliceHandler(ctx, target_socket=ns.socket, fallback=self.tcp.accept_socket,
                                            name="tcp_splice_in")  # fmt: skip
             host_fwd.tcp = self.splice_in
-        if self.udp is not None:
+        if self.udp is not None and conf.splice:
             self.udp_splice_in = UdpSpliceHandler(ctx, target_socket=ns.socket, fallback=self.udp,
                                                   name="udp_splice_in")  # fmt: skip
             host_fwd.udp = self.udp_splice_in

@@ -19,14 +19,8 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from passt import daemon, log
-from passt.cli import ConfigError, parse_args
-from passt.config import Mode
-from passt.loop import EVENT_READ
-from passt.runtime import Runtime, local_addresses
-from passt.summary import format_summary
-from passt.tap.pcap import Pcap
-from passt.tap.stream import StreamTap
+# Only the standard library above this line: the socket is bound before the
+# rest is imported (see `main`); passt.* modules are imported there.
 
 SOCKET_TEMPLATE: Final = "/tmp/passt_{}.socket"
 SOCKET_MAX: Final = 64
@@ -38,6 +32,10 @@ def fail(msg: str, code: int = 1) -> SystemExit:
     sys.stderr.write(f"passt: {msg}\n")
     sys.stderr.flush()
     return SystemExit(code)
+
+
+class BindError(Exception):
+    """No socket could be bound (the message says why and what to do)."""
 
 
 def _in_use(path: str) -> bool:
@@ -77,8 +75,56 @@ def bind_socket(path: str | None) -> tuple[socket.socket, str]:
             continue
         return sock, candidate
     if path:
-        raise fail(f"{last_error}; choose another path with -s")
-    raise fail(f"no free socket between {candidates[0]} and {candidates[-1]}; use -s PATH")
+        raise BindError(f"{last_error}; choose another path with -s")
+    raise BindError(f"no free socket between {candidates[0]} and {candidates[-1]}; use -s PATH")
+
+
+#: Short options that take a value in a separate word (cli.OPTIONS says the
+#: same; tests/unit/test_passt_early.py holds the two together).
+VALUE_LETTERS: Final = frozenset("PlmanMgiDSstuFcHo")
+
+
+def early_socket_path(argv: Sequence[str]) -> tuple[bool, str | None]:
+    """(bind early?, -s path or None for the default probe), from a cheap scan of argv.
+
+    Only a guess, so that the socket can listen before the heavy imports: main
+    checks it against the full parse and rebinds (or unbinds) when it was
+    wrong.  No early bind for -F (no socket at all) or -h/--version (exit).
+    """
+    path: str | None = None
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        i += 1
+        if word == "--":
+            break
+        if word.startswith("--"):
+            name, eq, value = word[2:].partition("=")
+            if name in ("help", "version", "fd"):
+                return False, None
+            if name == "socket":
+                if not eq:
+                    if i >= len(argv):
+                        return False, None
+                    value = argv[i]
+                    i += 1
+                path = value
+            continue
+        if word.startswith("-") and len(word) > 1:
+            for j, letter in enumerate(word[1:], start=1):
+                if letter in "hF":
+                    return False, None
+                if letter in VALUE_LETTERS:
+                    value = word[j + 1:]
+                    if not value:
+                        if i >= len(argv):
+                            return False, None
+                        value = argv[i]
+                        i += 1
+                    if letter == "s":
+                        path = value
+                    break
+    return True, path
 
 
 def _given_socket(fd: int) -> socket.socket:
@@ -95,11 +141,58 @@ def _given_socket(fd: int) -> socket.socket:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """Bind first, import and build the rest after: a guest can connect ~exec + 40 ms.
+
+    Connections wait in the backlog until the loop runs.  A SIGTERM during
+    set-up is held until set-up is done, then honoured (socket removed,
+    capture closed), as it would be later.
+    """
     args = list(sys.argv[1:] if argv is None else argv)
+    early, early_path = early_socket_path(args)
+    listener: socket.socket | None = None
+    path = ""
+    terminated: list[int] = []
+    if early:
+        previous = signal.signal(signal.SIGTERM, lambda signum, _f: terminated.append(signum))
+        try:
+            listener, path = bind_socket(early_path)
+        except BindError:
+            signal.signal(signal.SIGTERM, previous)
+            listener = None  # report it after the full parse, which may say why better
+    try:
+        _serve(args, listener, path, early_path, terminated)
+    finally:
+        if listener is not None and listener.fileno() >= 0:
+            listener.close()
+            _unlink(path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _serve(args: list[str], listener: socket.socket | None, path: str, early_path: str | None,
+           terminated: list[int]) -> None:
+    from passt import daemon, log
+    from passt.cli import ConfigError, parse_args
+    from passt.config import Mode
+    from passt.loop import EVENT_READ
+    from passt.runtime import Runtime, local_addresses
+    from passt.summary import format_summary
+    from passt.tap.pcap import Pcap
+    from passt.tap.stream import StreamTap
+
     try:
         conf = parse_args(Mode.PASST, args)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    if listener is not None and (conf.fd is not None or conf.socket_path != early_path):
+        listener.close()  # the guess was wrong: bind what the options really say
+        _unlink(path)
+        listener = None
     try:
         log.setup("passt", debug=conf.debug, quiet=conf.quiet, stderr=conf.stderr, log_file=conf.log_file,
                   log_size=conf.log_size, trace=conf.trace)
@@ -111,12 +204,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         pcap = Pcap(conf.pcap) if conf.pcap else None
     except OSError as exc:
         raise fail(f"can't open capture file {conf.pcap}: {exc.strerror}; choose another with -p") from None
-    listener: socket.socket | None = None
     if conf.fd is not None:
         guest = _given_socket(conf.fd)
         path = f"descriptor {conf.fd}"
-    else:
-        listener, path = bind_socket(conf.socket_path)
+    elif listener is None:
+        try:
+            listener, path = bind_socket(conf.socket_path)
+        except BindError as exc:
+            raise fail(str(exc)) from None
+    if listener is not None:
         listener.setblocking(False)
     runtime = Runtime(conf, local_addrs=local_addresses())
     runtime.start_forwarding()
@@ -181,14 +277,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise readiness.failed("passt", f"can't switch to --runas user: {exc.strerror}") from None
     readiness.ready()
     try:
-        loop.run()
+        if not terminated:
+            loop.run()
     finally:
         if listener is not None:
             listener.close()
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            _unlink(path)
         if pcap is not None:
             pcap.close()
     raise SystemExit(0)

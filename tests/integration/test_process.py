@@ -373,7 +373,7 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-@pytest.mark.conformance("daemon.background-always", "opt.pid")
+@pytest.mark.conformance("daemon.background-always", "opt.pid", "cli.callers-options")
 def test_passt_libvirt_argv_backgrounds_when_ready_without_terminal(topo: Topology, passt_bin: str,
                                                                       tmp_path: Path) -> None:
     """libvirt's argv from a script (pipes, no terminal): the started process exits 0 once the socket

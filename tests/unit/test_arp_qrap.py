@@ -8,6 +8,8 @@ ff:ff:ff:ff:ff:ff -> ff:ff:ff:ff:ff:ff, ARP request, sender 00:00:00:00:00:00
 
 from __future__ import annotations
 
+import pytest
+
 from passt.config import MAC_BROADCAST
 from passt.counters import Counters
 from passt.guest import GuestState
@@ -27,6 +29,7 @@ def _service() -> tuple[ArpService, GuestState, Counters]:
     return ArpService(conf, guest, counters), guest, counters
 
 
+@pytest.mark.conformance("arp.qrap-probe")
 def test_qrap_probe_answered_to_broadcast_learning_nothing() -> None:
     arp, guest, counters = _service()
     mac_before, addr_before = guest.mac, guest.addr4

@@ -1,9 +1,23 @@
-"""Process behaviour shared by both programs: background, PID file, privileges.
+"""Process behaviour shared by both programs: background when ready, PID file, privileges.
 
-The man page: fork into background when started from an interactive terminal,
-unless -f or -d.  Started as root, we drop to --runas (default: nobody, as
-passt does) once every privileged step (binding low ports, opening the tap)
-is done.
+The caller's contract (Podman, libvirt, scripts): the process it started exits
+0 only once the work is ready (passt's socket listens, pasta's namespace is
+configured and its forwards are bound), and non-zero with the one-line error
+on stderr when set-up fails.  So every set-up step runs in the foreground,
+where an error is still the caller's to read; then `background()` forks, and
+the caller's process waits on a pipe until the surviving process says
+"ready" (after writing the PID file and dropping privileges, the two steps
+that can still fail) or sends its error.  The survivor keeps no stdio: a
+caller reading our output to EOF (Podman does) gets it when we're ready.
+
+This is by default, not only from a terminal: the 2021 man page says "if
+started from an interactive terminal", which passt itself dropped in October
+2021 (see docs/conformance_catalogue.toml, daemon.background-always).
+
+Privileges: as real root in the initial user namespace we drop to --runas
+(default nobody) once every privileged step is done; root inside a user
+namespace (rootless Podman, RootlessKit) keeps its identity, as C passt
+does: the namespace has no other user to switch to.
 """
 
 from __future__ import annotations
@@ -12,38 +26,112 @@ import os
 import pwd
 import signal
 import sys
+from typing import Final
 
 from passt import log
 
 #: nobody:nogroup on Debian.
 NOBODY: tuple[int, int] = (65534, 65534)
+#: /proc/self/uid_map of the initial user namespace: every ID maps to itself.
+INITIAL_UID_MAP: Final = ["0", "0", "4294967295"]
+#: What the survivor sends when it's serving.
+READY: Final = b"ready\n"
+#: Bound on what the caller's process reads from the pipe (one error line).
+REPORT_MAX: Final = 4096
 
 
-def interactive() -> bool:
-    """Started from an interactive terminal?"""
-    return sys.stdin.isatty() or sys.stderr.isatty()
+class Readiness:
+    """The survivor's end of the pipe to the caller's process (None: no one waits)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def ready(self) -> None:
+        """Serving: let the caller's process exit 0."""
+        self._send(READY)
+
+    def failed(self, prog: str, msg: str) -> SystemExit:
+        """Set-up failed after the fork: the caller's process prints `msg` and exits 1."""
+        line = f"{prog}: {msg}\n"
+        if self._fd is None:
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+        else:
+            self._send(line.encode(errors="replace")[:REPORT_MAX])
+        return SystemExit(1)
+
+    def _send(self, data: bytes) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.write(fd, data)
+        except OSError:
+            pass  # the caller's process is gone: nobody to tell
+        os.close(fd)
 
 
-def daemonize() -> None:
-    """Double-fork into the background, detach from the terminal.
+def foreground() -> Readiness:
+    """No fork: errors go to our own stderr."""
+    return Readiness(None)
 
-    SIGHUP is ignored across the forks: when the terminal's session leader
+
+def background(*, keep_stderr: bool = False) -> Readiness:
+    """Double-fork; the caller's process waits for the survivor's word and exits with it.
+
+    SIGHUP is ignored across the forks: when a terminal's session leader
     exits, the kernel hangs up its foreground group, which the first child
-    still belongs to until setsid().
+    still belongs to until setsid().  The survivor's stdin and stdout, and
+    stderr unless `keep_stderr` (-e), become /dev/null at once, so a caller
+    that reads our output to EOF sees EOF when the caller's process exits.
     """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    r, w = os.pipe()
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    if os.fork() > 0:
-        os._exit(0)
+    first = os.fork()
+    if first > 0:
+        os.close(w)
+        _wait_for_word(r, first)
+    os.close(r)
     os.setsid()
     if os.fork() > 0:
         os._exit(0)
     signal.signal(signal.SIGHUP, previous)
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
+    for fd in (0, 1) if keep_stderr else (0, 1, 2):
         os.dup2(devnull, fd)
     if devnull > 2:
         os.close(devnull)
-    log.set_stderr(False)
+    if not keep_stderr:
+        log.set_stderr(False)
+    return Readiness(w)
+
+
+def _wait_for_word(r: int, child: int) -> None:  # pragma: no cover - the caller's process
+    """Exit 0 on "ready"; else print what the survivor sent (or that it died) and exit 1."""
+    data = b""
+    while len(data) < REPORT_MAX:
+        chunk = os.read(r, REPORT_MAX)
+        if not chunk:
+            break
+        data += chunk
+    try:
+        os.waitpid(child, 0)  # the middle process, gone at once
+    except ChildProcessError:
+        pass
+    if data == READY:
+        os._exit(0)
+    text = data.decode(errors="replace") or "background process exited during set-up\n"
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(1)
 
 
 def write_pid_file(path: str | None) -> None:
@@ -60,13 +148,36 @@ def nobody() -> tuple[int, int]:
     return pw.pw_uid, pw.pw_gid
 
 
+def in_initial_userns(uid_map: str | None = None) -> bool:
+    """Whether we run in the initial user namespace (its uid_map is the identity, whole)."""
+    if uid_map is None:
+        try:
+            with open("/proc/self/uid_map", encoding="ascii") as f:
+                uid_map = f.read()
+        except OSError:
+            return True
+    return uid_map.split() == INITIAL_UID_MAP
+
+
+def drop_target(runas: tuple[int, int] | None, *, euid: int, initial_userns: bool) -> tuple[int, int] | None:
+    """Whom to become, or None to keep our identity (the decision, apart from the syscalls).
+
+    Not root: nothing to drop.  Root with --runas: that user, wherever we
+    are.  Root without it: nobody, only in the initial user namespace.
+    """
+    if euid != 0:
+        return None
+    if runas is not None:
+        return None if runas[0] == 0 else runas
+    return nobody() if initial_userns else None
+
+
 def drop_privileges(runas: tuple[int, int] | None) -> None:
-    """As root: switch to `runas` (default nobody); otherwise nothing to drop."""
-    if os.geteuid() != 0:
+    """Switch to the user `drop_target` picks; OSError when the kernel refuses."""
+    target = drop_target(runas, euid=os.geteuid(), initial_userns=in_initial_userns())
+    if target is None:
         return
-    uid, gid = runas if runas is not None else nobody()
-    if uid == 0:
-        return
+    uid, gid = target
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)

@@ -29,6 +29,8 @@ class TapSetup:
     addr6: str | None = None
     prefix6: int = 64
     gw6: str | None = None
+    #: --ns-mac-addr (aa:bb:cc:dd:ee:ff); None: the kernel's random one.
+    mac: str | None = None
 
 
 def bring_up_lo(ipr: IPRoute) -> None:
@@ -50,6 +52,8 @@ def configure_tap(ipr: IPRoute, setup: TapSetup) -> tuple[int, bytes]:
         # No DAD: the address is ours by construction; DAD would delay it ~1 s.
         _sysctl(f"/proc/sys/net/ipv6/conf/{setup.ifname}/accept_dad", "0")
     ipr.link("set", index=index, mtu=setup.mtu)
+    if setup.mac is not None:
+        ipr.link("set", index=index, address=setup.mac)
     ipr.link("set", index=index, state="up")
     if setup.config_net:
         if setup.addr4 is not None:

@@ -184,6 +184,12 @@ def _helper_main(sock: socket.socket, userns: str | None, netns: str, setup: Tap
     _send(sock, {"ok": True, "mac": mac.hex(), "ifindex": index}, [tap])
     os.close(tap)
     sys.stdout.flush()
+    # Set-up is reported: keep none of the caller's stdio, or a caller that
+    # reads pasta's output to EOF (Podman) would wait for this helper too.
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
     while True:
         try:
             msg = sock.recv(MSG_MAX)

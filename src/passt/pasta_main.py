@@ -31,9 +31,10 @@ from passt.config import Config, Mode
 from passt.loop import EVENT_READ
 from passt.netconf import TapSetup
 from passt.nshelper import NsHelper, NsHelperError
+from passt.nswatch import NetnsWatch
 from passt.ports import scan_bound_ports
 from passt.runtime import Runtime, local_addresses
-from passt.summary import format_summary
+from passt.summary import format_mac, format_summary
 from passt.tap.pcap import Pcap
 from passt.tap.tuntap import TunTap
 
@@ -128,11 +129,12 @@ def _ns_paths(conf: Config) -> tuple[str | None, str, int | None]:
         pid = conf.target_pid
         if not os.path.exists(f"/proc/{pid}"):
             raise fail(f"no process with PID {pid}: give the PID of a process in the target namespace")
-        return conf.userns or f"/proc/{pid}/ns/user", conf.netns or f"/proc/{pid}/ns/net", pid
+        userns = None if conf.netns_only else conf.userns or f"/proc/{pid}/ns/user"
+        return userns, conf.netns or f"/proc/{pid}/ns/net", pid
     assert conf.netns is not None
     if not os.path.exists(conf.netns):
         raise fail(f"network namespace {conf.netns} not found: create it or give its full path")
-    return conf.userns, conf.netns, None
+    return None if conf.netns_only else conf.userns, conf.netns, None
 
 
 def _tap_setup(conf: Config) -> TapSetup:
@@ -147,6 +149,7 @@ def _tap_setup(conf: Config) -> TapSetup:
         addr6=str(ip6.addr) if ip6 else None,
         prefix6=ip6.prefix_len if ip6 else 64,
         gw6=str(ip6.gateway) if ip6 else None,
+        mac=format_mac(conf.ns_mac_addr) if conf.ns_mac_addr is not None else None,
     )
 
 
@@ -164,7 +167,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         conf = parse_args(Mode.PASTA, args)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    log.setup("pasta", debug=conf.debug, quiet=conf.quiet, stderr=conf.stderr, log_file=conf.log_file)
+    try:
+        log.setup("pasta", debug=conf.debug, quiet=conf.quiet, stderr=conf.stderr, log_file=conf.log_file,
+                  log_size=conf.log_size, trace=conf.trace)
+    except OSError as exc:
+        raise fail(f"can't open log file {conf.log_file}: {exc.strerror}; choose another with -l") from None
     _check_tun()
 
     spawned: SpawnedNamespace | None = None
@@ -180,6 +187,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     # Watch the namespace's owner from now on: if it dies during set-up we
     # still notice (the pidfd becomes readable), instead of racing with it.
+    # --no-netns-quit: a joined namespace may outlive its TARGET_PID.
+    if spawned is None and conf.no_netns_quit:
+        watch_pid = None
     pidfd = -1
     if watch_pid is not None:
         try:
@@ -203,9 +213,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     pcap = Pcap(conf.pcap) if conf.pcap else None
     runtime.attach_tap(TunTap(tap_fd, ctx.counters, pcap))
     runtime.start_forwarding()
-    if not conf.quiet:
-        sys.stdout.write(format_summary(conf))
-        sys.stdout.flush()
+    log.block(format_summary(conf))
 
     exit_code = 0
 
@@ -236,20 +244,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     if pidfd >= 0:
         runtime.loop.register(pidfd, EVENT_READ, target_gone)
 
-    # Ctrl-C belongs to the shell in the namespace, not to us.
+    def netns_gone() -> None:
+        log.info(f"namespace {conf.netns} is gone: exiting")
+        runtime.loop.stop()
+
+    if conf.netns is not None and not conf.no_netns_quit:
+        try:
+            NetnsWatch(runtime.loop, conf.netns, netns_gone)
+        except OSError as exc:
+            raise fail(f"can't watch namespace {conf.netns}: {exc.strerror or exc}") from None
+
+    # Ready: namespace configured, forwards bound.  Ctrl-C belongs to the
+    # shell in the namespace, not to us, and pasta stays with its command;
+    # otherwise fork now (unless -f/-d): the caller's process exits 0 only
+    # when the namespace is usable.
+    readiness = daemon.foreground()
     if spawned is not None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         spawned.go()
-    elif not (conf.foreground or conf.debug) and daemon.interactive():
-        daemon.daemonize()
-    # once only, and after daemonizing: the file names the process that serves
-    daemon.write_pid_file(conf.pid_file)
+    elif not conf.foreground:
+        readiness = daemon.background(keep_stderr=conf.stderr)
+    # once only, and after the fork: the file names the process that serves
+    try:
+        daemon.write_pid_file(conf.pid_file)
+    except OSError as exc:
+        raise readiness.failed("pasta", f"can't write PID file {conf.pid_file}: {exc.strerror}") from None
     signal.signal(signal.SIGTERM, lambda *_: runtime.loop.stop())
     # Set-up is done: the tap, listeners and helper exist; serve unprivileged.
     try:
         daemon.drop_privileges(conf.runas)
     except OSError as exc:
-        raise fail(f"can't switch to --runas user: {exc.strerror}") from None
+        raise readiness.failed("pasta", f"can't switch to --runas user: {exc.strerror}") from None
+    readiness.ready()
     try:
         runtime.loop.run()
     finally:

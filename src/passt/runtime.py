@@ -74,7 +74,8 @@ class Runtime:
             if conf.ip4 and conf.dhcp
             else None
         )
-        self.ndp = NdpService(conf, ctx.guest, counters, log.info, now=now) if conf.ip6 and conf.ndp else None
+        # NDP answers every NS/RS: per-packet lines are debug (issue 11)
+        self.ndp = NdpService(conf, ctx.guest, counters, log.debug, now=now) if conf.ip6 and conf.ndp else None
         self.dhcpv6 = (
             Dhcpv6Service(conf, ctx.guest, counters, log.info, verify_l4_checksum=verify)
             if conf.ip6 and conf.dhcpv6
@@ -121,11 +122,11 @@ class Runtime:
     def _build_bypass(self, ns_socket: SocketFactory) -> None:
         """The splice handlers in front of -t/-u, and the -T/-U forwarders (started later)."""
         ctx, conf = self.ctx, self.conf
-        if self.tcp is not None:
+        if self.tcp is not None and conf.splice:  # --no-splice: inbound local traffic via the tap
             # non-loopback peers of -t keep going through the tap
             self.splice_in = SpliceHandler(ctx, target_socket=ns_socket, fallback=self.tcp.accept_socket,
                                            name="tcp_splice_in")  # fmt: skip
-        if self.udp is not None:
+        if self.udp is not None and conf.splice:
             self.udp_splice_in = UdpSpliceHandler(ctx, target_socket=ns_socket, fallback=self.udp,
                                                   name="udp_splice_in")  # fmt: skip
         if conf.tcp and conf.tcp_out.mode is not FwdMode.NONE:

@@ -64,11 +64,11 @@ def sock(tmp_path: Path) -> Iterator[str]:
 @pytest.mark.conformance("passt.socket-probe")
 def test_socket_probe_takes_first_free(topo: Topology, passt_bin: str) -> None:
     """Without -s, passt binds the first of /tmp/passt_1..64.socket nobody accepts on; a second passt takes another."""
-    first = topo.popen(topo.host, [passt_bin, "-f"], stdout=subprocess.PIPE)
+    first = topo.popen(topo.host, [passt_bin, "-f"], stderr=subprocess.PIPE)
     second = None
     try:
         path1 = _read_bound(first)
-        second = topo.popen(topo.host, [passt_bin, "-f"], stdout=subprocess.PIPE)
+        second = topo.popen(topo.host, [passt_bin, "-f"], stderr=subprocess.PIPE)
         path2 = _read_bound(second)
         assert re.fullmatch(r"/tmp/passt_([1-9]|[1-5][0-9]|6[0-4])\.socket", path1)
         assert re.fullmatch(r"/tmp/passt_([1-9]|[1-5][0-9]|6[0-4])\.socket", path2)
@@ -80,10 +80,10 @@ def test_socket_probe_takes_first_free(topo: Topology, passt_bin: str) -> None:
 
 
 def _read_bound(proc: subprocess.Popen[bytes]) -> str:
-    assert proc.stdout is not None
+    assert proc.stderr is not None  # the summary is a log block: stderr
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        line = proc.stdout.readline().decode()
+        line = proc.stderr.readline().decode()
         if not line:
             break
         m = re.search(r"UNIX domain socket bound at (\S+)", line)
@@ -119,7 +119,7 @@ def test_stream_guest_gets_lease_and_pcap_shows_frames(topo: Topology, passt_bin
 @pytest.mark.conformance("passt.qrap", "example.passt.qrap", "passt.socket-probe")
 def test_qrap_connects_old_style_qemu(topo: Topology, passt_bin: str, qrap_bin: str) -> None:
     """`qrap 5 qemu-system-x86_64 ... -net socket,fd=5 -net nic,model=virtio` finds passt's default socket."""
-    proc = topo.popen(topo.host, [passt_bin, "-f"], stdout=subprocess.PIPE)
+    proc = topo.popen(topo.host, [passt_bin, "-f"], stderr=subprocess.PIPE)
     try:
         _read_bound(proc)
         net = ["-net", "socket,fd=5", "-net", f"nic,model=virtio,macaddr={GUEST_MAC}"]
@@ -242,7 +242,8 @@ def test_man_page_passt_session_as_nobody(topo: Topology, passt_bin: str, tmp_pa
     resolv2 = out.split("RESOLV2", 1)[1]
     assert "nameserver" not in resolv2 and "search" not in resolv2, resolv2
     # passt's log while the guest configured itself, one line per exchange
-    for line in ("DHCP: ack to request", "NDP: received RS, sending RA", "NDP: received NS, sending NA",
+    # (NDP's per-packet lines are debug since issue 11: not shown without -d)
+    for line in ("DHCP: ack to request",
                  "DHCPv6: received SOLICIT, sending ADVERTISE",
                  "DHCPv6: received REQUEST/RENEW/CONFIRM, sending REPLY"):
         assert f"passt: {line}" in log, log

@@ -44,7 +44,8 @@ def test_exit_status_of_command_is_pastas(topo: Topology, pasta_bin: str) -> Non
     assert res.stderr == "" and res.stdout == ""  # -q: not even the summary
     res = topo.run(topo.host, [pasta_bin, "--", "sh", "-c", "exit 3"])
     assert res.returncode == 3
-    assert "Outbound interface" in res.stdout and "DHCP:" in res.stdout, res.stdout
+    assert "Outbound interface" in res.stderr and "DHCP:" in res.stderr, res.stderr
+    assert res.stdout == ""
     assert "guest IPv6 source seen" not in res.stderr
     # -d: debug lines as well, and no fork (the command still runs, its status is ours)
     script = (f"ip addr add fd77::99/64 dev {HOST_IF} nodad; ip addr add fd77::98/64 dev {HOST_IF} nodad; "
@@ -131,3 +132,15 @@ def test_missing_target_pid_is_one_clear_line(topo: Topology, pasta_bin: str) ->
     assert res.returncode != 0
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "4194000" in lines[0], res.stderr
+
+
+@pytest.mark.conformance("log.never-stdout")
+def test_command_output_is_the_commands(topo: Topology, pasta_bin: str) -> None:
+    """`pasta --config-net -- sh -c 'echo HELLO' > out` leaves exactly HELLO in out; the summary is on
+    stderr, and NDP's per-packet lines only with -d."""
+    res = topo.run(topo.host, [pasta_bin, "--config-net", "--", "sh", "-c",
+                               "for i in $(seq 50); do ip -6 route | grep -q default && break; sleep 0.1; done; "
+                               "echo HELLO"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "HELLO\n"
+    assert "Outbound interface" in res.stderr and "NDP: received" not in res.stderr, res.stderr

@@ -240,14 +240,14 @@ def test_summary_printed_at_start(topo: Topology, pasta_bin: str) -> None:
     with -4 the IPv6 blocks are left out."""
     res = topo.run(topo.host, [pasta_bin, "--config-net", "--", "true"], timeout=60)
     assert res.returncode == 0, res.stderr
-    out = res.stdout
+    out = res.stderr  # the summary is a log block: stderr, never stdout
     assert re.search(rf"^Outbound interface: {HOST_IF}, namespace interface: {HOST_IF}$", out, re.M), out
     assert re.search(rf"^ARP:\n\s+address: {HOST_MAC}$", out, re.M), out
     assert re.search(rf"^DHCP:\n\s+assign: {re.escape(HOST_ADDR4)}\n\s+mask: 255\.255\.255\.0\n"
                      rf"\s+router: {re.escape(WAN_GW4)}$", out, re.M), out
     assert re.search(rf"^NDP/DHCPv6:\n\s+assign: {re.escape(HOST_ADDR6)}\n\s+router: {re.escape(WAN_GW6)}$",
                      out, re.M), out
-    only4 = topo.run(topo.host, [pasta_bin, "--config-net", "-4", "--", "true"], timeout=60).stdout
+    only4 = topo.run(topo.host, [pasta_bin, "--config-net", "-4", "--", "true"], timeout=60).stderr
     assert "DHCP:" in only4 and "NDP/DHCPv6:" not in only4, only4
 
 

@@ -57,9 +57,9 @@ def test_background_from_terminal_with_pid_file(topo: Topology, passt_bin: str, 
 
 @pytest.mark.conformance("opt.foreground", "opt.stderr", "daemon.background-from-terminal")
 def test_foreground_non_interactive_logs_to_stderr_and_file(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
-    """Not on a terminal passt stays in front and logs to stderr; -l also writes the log file."""
+    """With -f, not on a terminal, passt stays in front and logs to stderr; -l also writes the log file."""
     sock, logf = str(tmp_path / "p.sock"), tmp_path / "passt.log"
-    proc = topo.popen(topo.host, [passt_bin, "-s", sock, "-l", str(logf)], stdout=subprocess.DEVNULL)
+    proc = topo.popen(topo.host, [passt_bin, "-f", "-s", sock, "-l", str(logf)], stdout=subprocess.DEVNULL)
     _wait(lambda: _accepts(sock), what="passt accepts")
     c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     c.connect(sock)
@@ -315,20 +315,22 @@ def test_passt_prints_the_examples_summary(topo: Topology, passt_bin: str, tmp_p
     """passt -f -t 2222:22 prints the EXAMPLES' summary block for block: outbound interface, ARP,
     DHCP and NDP/DHCPv6 (with the resolvers and search list of the host's resolv.conf), the socket."""
     sock = str(tmp_path / "p.sock")
-    proc = topo.popen(topo.host, [passt_bin, "-f", "-s", sock, "-t", "2222:22"], stderr=subprocess.DEVNULL)
-    assert proc.stdout is not None
+    proc = topo.popen(topo.host, [passt_bin, "-f", "-s", sock, "-t", "2222:22"], stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
     out = b""
     deadline = time.monotonic() + 20
     try:
         while b"UNIX domain socket bound at" not in out or not out.endswith(b"\n"):
             assert time.monotonic() < deadline, out
-            if select.select([proc.stdout], [], [], 0.2)[0]:
-                chunk = os.read(proc.stdout.fileno(), 65536)
+            if select.select([proc.stderr], [], [], 0.2)[0]:
+                chunk = os.read(proc.stderr.fileno(), 65536)
                 assert chunk, out  # EOF: passt exited
                 out += chunk
     finally:
         proc.terminate()
-        proc.wait(10)
+        stdout, _ = proc.communicate(timeout=10)
+    assert stdout == b""  # the summary is a log block: stderr, never stdout
     lines = out.decode().split("\n")
     lines = lines[: next(i for i, line in enumerate(lines) if line.startswith("UNIX domain socket")) + 1]
     assert lines == [
@@ -352,3 +354,120 @@ def test_passt_prints_the_examples_summary(topo: Topology, passt_bin: str, tmp_p
         "        example.test",
         f"UNIX domain socket bound at {sock}",
     ], "\n".join(lines)
+
+
+def _kill_from(pidf: Path) -> None:
+    """Stop a daemon named by its PID file (it's no child of ours: topo can't reap it)."""
+    try:
+        os.kill(int(pidf.read_text()), 15)
+    except (OSError, ValueError):
+        pass
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for a slow init counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.conformance("daemon.background-always", "opt.pid", "cli.callers-options")
+def test_passt_libvirt_argv_backgrounds_when_ready_without_terminal(topo: Topology, passt_bin: str,
+                                                                      tmp_path: Path) -> None:
+    """libvirt's argv from a script (pipes, no terminal): the started process exits 0 once the socket
+    accepts, leaves the caller's pipes at EOF, and the PID file names the serving process (nobody)."""
+    sock, pidf = str(tmp_path / "1-vm-net0.socket"), tmp_path / "1-vm-net0-passt.pid"
+    try:
+        res = topo.run(topo.host, ["timeout", "20", passt_bin, "--one-off", "--socket", sock, "--pid", str(pidf),
+                                   "--tcp-ports", "2280:80"], input="")
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == ""
+        assert _accepts(sock)  # at once: ready before the caller's process exited
+        daemon_pid = int(pidf.read_text())
+        assert not _gone(daemon_pid) and _uid(daemon_pid) == 65534
+        for fd in (0, 1, 2):
+            assert os.readlink(f"/proc/{daemon_pid}/fd/{fd}") == "/dev/null"
+    finally:
+        _kill_from(pidf)
+
+
+@pytest.mark.conformance("daemon.background-always", "opt.one-off")
+def test_passt_one_off_quits_when_its_guest_leaves(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    sock, pidf = str(tmp_path / "p.sock"), tmp_path / "p.pid"
+    try:
+        assert topo.run(topo.host, [passt_bin, "-q", "-1", "-s", sock, "-P", str(pidf)]).returncode == 0
+        pid = int(pidf.read_text())
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(sock)
+        c.close()
+        _wait(lambda: _gone(pid), what="passt --one-off exits after its guest")
+    finally:
+        _kill_from(pidf)
+
+
+@pytest.mark.conformance("daemon.background-always")
+def test_setup_error_before_the_fork_is_the_callers(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """A set-up failure: non-zero, one line on the caller's stderr, nothing left behind."""
+    pidf = tmp_path / "no" / "such" / "dir.pid"
+    res = topo.run(topo.host, ["timeout", "20", passt_bin, "-s", str(tmp_path / "p.sock"), "-P", str(pidf)])
+    assert res.returncode == 1, res
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"passt: can't write PID file {pidf}: No such file or directory"), res.stderr
+    res = topo.run(topo.host, ["timeout", "20", passt_bin, "--vhost-user"])
+    assert res.returncode == 1 and res.stderr.startswith("passt: --vhost-user is not implemented")
+
+
+@pytest.mark.parametrize("prog", ["passt", "pasta"])
+def test_unknown_option_in_getopts_words(topo: Topology, passt_bin: str, pasta_bin: str, prog: str) -> None:
+    """What Podman's fallback matches on: "unrecognized option '--x'", exit 1."""
+    binary = passt_bin if prog == "passt" else pasta_bin
+    res = topo.run(topo.host, ["timeout", "20", binary, "--bogus-option"])
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr == f"{prog}: unrecognized option '--bogus-option'\n"
+
+
+@pytest.mark.conformance("daemon.background-always", "pasta.netns-gone")
+def test_pasta_podman_argv_ready_then_quits_with_its_netns(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
+    """Podman 5.4's argv on a namespace from `ip netns add`: exit 0 once configured, then gone
+    within a second of `ip netns delete`, leaving no process."""
+    name = f"{topo.host}-pod"
+    pidf = tmp_path / "pasta.pid"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        res = topo.run(topo.host, ["timeout", "30", pasta_bin, "--config-net", "-t", "18080-18080:8080-8080",
+                                   "--dns-forward", "169.254.1.1", "-u", "none", "-T", "none", "-U", "none",
+                                   "--no-map-gw", "--quiet", "--netns", f"/run/netns/{name}",
+                                   "--map-guest-addr", "169.254.1.2", "-P", str(pidf)], input="")
+        assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res
+        addrs = subprocess.run(["ip", "-n", name, "-o", "addr", "show"], capture_output=True, text=True).stdout
+        assert "10.77.0.2/24" in addrs, addrs  # configured before the caller's process exited
+        pid = int(pidf.read_text())
+        assert not _gone(pid)
+        topo.wait_listening(topo.host, 18080)
+        subprocess.run(["ip", "netns", "delete", name], check=True)
+        start = time.monotonic()
+        _wait(lambda: _gone(pid), timeout=5, what="pasta exits with its namespace")
+        assert time.monotonic() - start < 1.0
+    finally:
+        _kill_from(pidf)
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+
+
+@pytest.mark.conformance("security.runas")
+def test_root_in_user_namespace_keeps_identity(topo: Topology, passt_bin: str, pasta_bin: str,
+                                               tmp_path: Path) -> None:
+    """unshare --user --map-root-user (one-uid map): passt and pasta start, run and keep uid 0."""
+    sock, pidf = str(tmp_path / "u.sock"), tmp_path / "u.pid"
+    tmp_path.chmod(0o777)
+    script = (f"{passt_bin} -q -s {sock} -P {pidf} || exit 11; "
+              f"{pasta_bin} -q --config-net -- sh -c 'id -u; ip -o -4 addr show' || exit 12")
+    try:
+        res = topo.run(topo.host, ["timeout", "30", "unshare", "--user", "--map-root-user", "sh", "-c", script])
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines()[0] == "0" and "10.77.0.2/24" in res.stdout, res.stdout
+        assert _accepts(sock)
+        assert _uid(int(pidf.read_text())) == 0  # root of the namespace, seen from outside: our uid 0
+    finally:
+        _kill_from(pidf)

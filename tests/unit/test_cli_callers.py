@@ -30,6 +30,7 @@ def pasta(*argv: str) -> Config:
     return parse_args(Mode.PASTA, list(argv), host=HOST)
 
 
+@pytest.mark.conformance("cli.callers-options")
 def test_podman_argv() -> None:
     conf = pasta(*PODMAN_54)
     assert conf.dns_forward4 == IPv4Address("169.254.1.1") and conf.dns_forward6 is None

@@ -13,6 +13,12 @@ Two exceptions keep the guest's own address management working:
 We learn from every valid ARP packet: the Ethernet source is the guest's MAC,
 and a non-zero sender address is an address the guest uses.
 
+One more case, for C passt's qrap: before handing the socket to QEMU it
+probes it with a request from Ethernet source ff:ff:ff:ff:ff:ff asking who
+has 0.0.0.0 (sender 0.0.0.0), and waits for any reply.  C passt answers it;
+we answer exactly that frame (to the broadcast address, learning nothing),
+while any other multicast source stays dropped and counted.
+
     frame --parse_eth/parse_arp--> learn --> request for someone else? --> reply frame
 """
 
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from passt.config import Config
+from passt.config import MAC_BROADCAST, Config
 from passt.counters import Counters
 from passt.guest import GuestState
 from passt.wire.arp import ARP_LEN, ARP_OP_REPLY, ARP_OP_REQUEST, build_arp, parse_arp
@@ -58,6 +64,9 @@ class ArpService:
             return None
         mac = eth_src(frame)
         if mac[0] & 1:
+            if mac == MAC_BROADCAST and arp.op == ARP_OP_REQUEST and arp.spa == arp.tpa == _ZERO4:
+                self._counters.event("arp: qrap probe")
+                return self._reply(MAC_BROADCAST, arp.sha, arp.spa, arp.tpa)
             self._counters.drop("arp: multicast source")
             return None
 
@@ -75,10 +84,12 @@ class ArpService:
             self._counters.event("arp: request for guest address")
             return None
 
-        buf = bytearray(ETH_HLEN + ARP_LEN)
-        off = build_eth(buf, 0, mac, self._conf.our_mac, ETH_P_ARP)
-        build_arp(
-            buf, off, op=ARP_OP_REPLY, sha=self._conf.our_mac, spa=arp.tpa, tha=arp.sha, tpa=arp.spa
-        )
         self._counters.event("arp: reply")
+        return self._reply(mac, arp.sha, arp.spa, arp.tpa)
+
+    def _reply(self, dst: bytes, sha: bytes, spa: bytes, tpa: bytes) -> bytes:
+        """Our MAC has `tpa`: the reply to a request from `sha`/`spa`, sent to `dst`."""
+        buf = bytearray(ETH_HLEN + ARP_LEN)
+        off = build_eth(buf, 0, dst, self._conf.our_mac, ETH_P_ARP)
+        build_arp(buf, off, op=ARP_OP_REPLY, sha=self._conf.our_mac, spa=tpa, tha=sha, tpa=spa)
         return bytes(buf)

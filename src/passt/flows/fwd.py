@@ -8,7 +8,8 @@ delivered to on the guest side:
         SPEC  listen port -> target port, as given
         ALL   (passt) every port outside the ephemeral range that is not
               excluded and that we may bind; ports already bound are skipped
-        AUTO  (pasta) whatever the namespace has bound, rescanned every second
+        AUTO  (pasta) whatever the namespace has bound, rescanned every second;
+              UDP's AUTO adds the ports TCP's AUTO forwards (UDP follows TCP)
     listener --READ--> tcp.listen_ready(lsock, target, now)
                        udp.listen_ready(lsock, target, now)
 
@@ -284,17 +285,28 @@ class Forwarder:
         self._timer = self.ctx.loop.call_later(self.rescan_s, self._on_timer)
 
     def rescan(self, now: float) -> None:
-        """AUTO: listen on newly bound ports of the other side, close vanished ones."""
+        """AUTO: listen on newly bound ports of the other side, close vanished ones.
+
+        UDP in AUTO also takes the ports TCP's AUTO forwards (ports.udp-follows-tcp:
+        "UDP ports with numbers corresponding to forwarded TCP port numbers are
+        forwarded too"), so the TCP set is computed first.
+        """
         scan = self.scan_ns_ports
         if scan is None:
             return
-        for proto, fwd, _ in self._specs():
+        tcp_want: set[int] = set()
+        for proto, fwd, _ in self._specs():  # TCP comes first
             if fwd.mode != FwdMode.AUTO:
                 continue
             is_tcp = proto == TCP
-            want = scan(is_tcp) - fwd.excluded
+            want = scan(is_tcp)
+            if not is_tcp:
+                want |= tcp_want
+            want -= fwd.excluded
             if self.own_ports is not None:
                 want -= self.own_ports(is_tcp)
+            if is_tcp:
+                tcp_want = want
             have = {port for (p, port) in self._listeners if p == proto}
             for port in sorted(want - have):
                 self._bind(proto, fwd, port, port)

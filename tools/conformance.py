@@ -37,7 +37,7 @@ tests exist, so one that never ran is seen.  What counts as a marker
   body (every test of the class).
 
 Asserting lines: a call `assert_statement("ID", ...)` or an `assert` whose
-message starts with `[ID]` (a string or f-string).  In a test, such a line
+message starts with `[ID]` or `[ID, ID]` (a string or f-string).  In a test, such a line
 must name an id the test carries.
 
 Files follow pytest's default discovery (`test_*.py`, `*_test.py`); tests
@@ -355,27 +355,26 @@ def scan_source(source: str, rel: str, result: ScanResult) -> None:
                     "does not carry that conformance id")
 
 
-#: An assertion message naming its statement: "[ID] ...".
-_MSG_ID_RE: Final = re.compile(r"^\[([a-z0-9][a-z0-9_.-]*)\]")
+#: An assertion message naming its statements: "[ID] ..." or "[ID, ID] ...".
+_MSG_ID_RE: Final = re.compile(r"^\[([a-z0-9][a-z0-9_.-]*(?:, *[a-z0-9][a-z0-9_.-]*)*)\]")
 
 
-def _message_id(msg: ast.expr | None) -> str:
-    """The `[ID]` an assert message starts with (string or f-string), "" if none."""
+def _message_ids(msg: ast.expr | None) -> list[str]:
+    """The ids an assert message starts with, in brackets (string or f-string); [] if none."""
     if isinstance(msg, ast.JoinedStr) and msg.values:
         msg = msg.values[0]
     if isinstance(msg, ast.Constant) and isinstance(msg.value, str):
         m = _MSG_ID_RE.match(msg.value)
         if m:
-            return m.group(1)
-    return ""
+            return [i.strip() for i in m.group(1).split(",")]
+    return []
 
 
 def _asserted(node: ast.AST) -> Iterator[tuple[str, int]]:
     """(id, line) of each statement-naming assertion inside `node`."""
     for sub in ast.walk(node):
         if isinstance(sub, ast.Assert):
-            conf_id = _message_id(sub.msg)
-            if conf_id:
+            for conf_id in _message_ids(sub.msg):
                 yield conf_id, sub.lineno
         elif isinstance(sub, ast.Call):
             name = _dotted(sub.func)

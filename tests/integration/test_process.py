@@ -310,7 +310,7 @@ def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path,
         assert "guest connected" in seen["stderr"], seen
 
 
-@pytest.mark.conformance("summary.passt", "example.passt.summary")
+@pytest.mark.conformance("summary.passt")
 def test_passt_prints_the_examples_summary(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """passt -f -t 2222:22 prints the EXAMPLES' summary block for block: outbound interface, ARP,
     DHCP and NDP/DHCPv6 (with the resolvers and search list of the host's resolv.conf), the socket."""

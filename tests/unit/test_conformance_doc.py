@@ -456,7 +456,7 @@ def test_check_fails_on_unknown_ids_missing_tests_and_foreign_asserts(
 
             @pytest.mark.conformance("a.two")
             def test_f():
-                assert True, f"[a.one] claimed but not carried"
+                assert True, f"[a.two, a.one] claimed but not carried"
             """,
     })
     assert _main(root, "--check") == 1
@@ -464,6 +464,8 @@ def test_check_fails_on_unknown_ids_missing_tests_and_foreign_asserts(
     assert "unknown id 'zz.unknown' used by tests/integration/test_i.py::test_integration" in err
     assert "statement 'b.two' has no test" in err
     assert "tests/unit/test_f.py:6: asserts 'a.one' but test_f does not carry that conformance id" in err
+    assert "'a.two' but" not in err
+    assert ("tests/unit/test_f.py", 6) in conf.scan_tests(root).asserts["a.two"]
 
 
 def test_bad_results_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

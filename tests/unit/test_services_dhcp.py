@@ -146,7 +146,7 @@ CLI_HOST = HostInfo(ifname="eth0", mac=bytes.fromhex("2816ad39a9ea"), mtu=1500,
                     ifname4="eth0")
 
 
-@pytest.mark.conformance("dhcp.option26.mtu", "opt.mtu", "opt.mtu.default-none")
+@pytest.mark.conformance("dhcp.option26.mtu", "opt.mtu.default-none")
 def test_mtu_option_from_the_command_line() -> None:
     """Configurations as the CLI builds them: -m 1500 sends 1500 in option 26; without -m, 65520."""
     for argv, mtu in ((["-m", "1500"], 1500), ([], 65520)):

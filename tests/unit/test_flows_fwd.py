@@ -264,6 +264,21 @@ def test_auto_udp_takes_the_tcp_ports_found() -> None:
         f.stop()
 
 
+@pytest.mark.conformance("ports.udp-follows-tcp")
+def test_auto_udp_only_forwarder_follows_its_tcp_twin() -> None:
+    """pasta's -U forwarder serves UDP only; with -T auto its rescan still takes the TCP ports found."""
+    port, own = free_ports(2)
+    ctx, _ = make_ctx(mode=Mode.PASTA, tcp_in=PortFwd(mode=FwdMode.NONE), udp_in=PortFwd(mode=FwdMode.NONE))
+    f = Forwarder(ctx, tcp=None, udp=UdpHandler(ctx), scan_ns_ports=lambda tcp: {port, own} if tcp else set(),
+                  tcp_fwd=PortFwd(mode=FwdMode.AUTO), udp_fwd=PortFwd(mode=FwdMode.AUTO),
+                  own_ports=lambda tcp: {own} if tcp else set())  # fmt: skip
+    f.start()
+    try:
+        assert set(f.listening()) == {("udp", port)}, "[ports.udp-follows-tcp] -U auto after -T auto"
+    finally:
+        f.stop()
+
+
 def test_auto_rescan_runs_on_timer() -> None:
     """AUTO: the loop's periodic timer rescans without being asked."""
     (p1,) = free_ports(1)

@@ -240,7 +240,7 @@ def test_pasta_opens_ping_group_range_in_namespace(topo: Topology, pasta_bin: st
 #: standard error either a pipe or a terminal.  Prints what each sink got.
 _SYSLOG_PROBE = r"""
 import json, os, pty, select, socket, subprocess, sys, time
-passt, work, interactive = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+passt, work, interactive, extra = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4:]
 master, slave = pty.openpty()  # before /dev is replaced
 old = os.path.join(work, "olddev")
 os.mkdir(old)
@@ -254,11 +254,11 @@ log.bind("/dev/log")
 os.chmod("/dev/log", 0o666)  # passt writes after dropping to nobody
 sock = os.path.join(work, "p.sock")
 if interactive:
-    proc = subprocess.Popen([passt, "-f", "-s", sock], stdin=slave, stdout=slave, stderr=slave)
+    proc = subprocess.Popen([passt, "-f", *extra, "-s", sock], stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     err_fd = master
 else:
-    proc = subprocess.Popen([passt, "-f", "-s", sock], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([passt, "-f", *extra, "-s", sock], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err_fd = proc.stderr.fileno()
 deadline = time.monotonic() + 20
 client = None
@@ -291,23 +291,28 @@ print(json.dumps({"syslog": syslog, "stderr": stderr.decode(errors="replace")}))
 """
 
 
-@pytest.mark.parametrize("interactive", [False, True], ids=["pipe", "terminal"])
+@pytest.mark.parametrize(("interactive", "extra"), [
+    (False, []), (True, []),
+    pytest.param(True, ["-e"], marks=pytest.mark.conformance("opt.stderr")),
+], ids=["pipe", "terminal", "terminal-e"])
 @pytest.mark.conformance("log.default-destination")
-def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path, interactive: bool) -> None:
-    """Log lines reach the system logger (/dev/log) always, and stderr too unless it is a terminal."""
+def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path, interactive: bool,
+                                 extra: list[str]) -> None:
+    """Log lines reach the system logger (/dev/log) always, and stderr too unless it is a terminal
+    (with -e, a terminal too)."""
     script = tmp_path / "probe.py"
     script.write_text(_SYSLOG_PROBE)
     res = topo.run(topo.host, ["unshare", "-m", "--propagation", "private", sys.executable, str(script), passt_bin,
-                               str(tmp_path), "1" if interactive else "0"], timeout=60)
+                               str(tmp_path), "1" if interactive else "0", *extra], timeout=60)
     assert res.returncode == 0, res.stderr
     seen = json.loads(res.stdout)
     line = next((m for m in seen["syslog"] if "guest connected" in m), None)
     # syslog(3)'s datagram: <facility*8+priority>timestamp ident[pid]: message (daemon.info = 30)
     assert line is not None and re.match(r"<30>.*passt\[\d+\]: guest connected to ", line), seen
-    if interactive:
+    if interactive and not extra:
         assert "guest connected" not in seen["stderr"], seen
     else:
-        assert "guest connected" in seen["stderr"], seen
+        assert "guest connected" in seen["stderr"], f"[opt.stderr, log.default-destination] {seen}"
 
 
 @pytest.mark.conformance("summary.passt")

@@ -5,18 +5,29 @@ right server, an error a client prints, frames in a capture) for one claim
 of the page, and names the claim in its assertions.  Port forwarding first
 (UDP following TCP, auto's rescans, IPv6-bound ports), then pasta's defaults
 (-U auto, the loopback bypass of the EXAMPLES' iperf3) and --no-tcp's
-"silently".
+"silently", then -n and -g in what clients receive, and the process options:
+-f/-d from a terminal, the default socket's probing and the default pcap
+names (in a private /tmp and PID namespace, so other instances can't interfere).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import select
+import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from harness.netns import HOST_ADDR4, WAN_ADDR4, Topology
+from harness.netns.topology import HOST_IF
+from tests.integration.clients import in_pasta, udhcpc_hook, udhcpc_lease
+from tests.integration.conftest import accepts_unix
 from tests.statements import assert_statement
 
 #: How long a rescan may take to show (the rescan runs every second: two periods and slack).
@@ -232,3 +243,192 @@ def test_no_tcp_drops_silently(topo: Topology, pasta_bin: str, tmp_path: Path) -
     back = [f for f in frames if f.haslayer(TCP) and f[TCP].sport == 7461]
     assert syn, "the namespace's SYN is not in the capture: the test proves nothing"
     assert back == [], f"[opt.no-tcp] {[f.summary() for f in back]} reached the namespace"
+
+
+# ---------------------------------------------------------------- options in the lease
+
+
+@pytest.mark.parametrize("mask", ["255.255.240.0", "20"], ids=["dotted", "prefix"])
+@pytest.mark.conformance("opt.netmask")
+def test_netmask_value_in_the_lease(topo: Topology, pasta_bin: str, tmp_path: Path, mask: str) -> None:
+    """-n 255.255.240.0 (or -n 20), unlike the host's /24: udhcpc leases a /20 and configures it."""
+    hook = udhcpc_hook(tmp_path)
+    script = f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} 2>&1; ip -o -4 addr show dev {HOST_IF}"
+    res = in_pasta(topo, pasta_bin, ["-n", mask], script)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lease = udhcpc_lease(res.stdout)
+    assert lease["mask"] == "20", f"[opt.netmask] -n {mask}: udhcpc got mask {lease['mask']}"
+    assert f"inet {HOST_ADDR4}/20" in res.stdout, f"[opt.netmask] {res.stdout}"
+
+
+@pytest.mark.conformance("opt.gateway")
+def test_ipv6_gateway_is_the_source_of_ra_and_dhcpv6(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
+    """-g fe80::99: the namespace's IPv6 default route goes via fe80::99 (the RA's source), and
+    every RA and DHCPv6 reply in the capture comes from fe80::99."""
+    pcap = tmp_path / "tap.pcap"
+    script = (
+        f"sysctl -qw net.ipv6.conf.{HOST_IF}.accept_dad=0; "
+        f"for i in $(seq 100); do ip -6 addr show dev {HOST_IF} scope link | grep -q tentative || break; "
+        "sleep 0.05; done; "
+        f"for i in $(seq 100); do ip -6 route show default | grep -q 'proto ra' && break; sleep 0.1; done; "
+        f"dhclient -6 -1 -lf {tmp_path}/l6 -pf {tmp_path}/p6 -sf /sbin/dhclient-script {HOST_IF} 2>&1; "
+        f"kill $(cat {tmp_path}/p6) 2>/dev/null || true; ip -o -6 addr show dev {HOST_IF}; "
+        "echo ROUTE; ip -6 route show default"
+    )
+    res = in_pasta(topo, pasta_bin, ["-g", "fe80::99", "-p", str(pcap)], script)
+    assert res.returncode == 0, res.stdout + res.stderr
+    route = res.stdout.split("ROUTE", 1)[1]
+    assert "default via fe80::99 " in route, f"[opt.gateway] RA source is not -g's: {route}"
+    from scapy.all import UDP, IPv6, rdpcap
+    from scapy.layers.inet6 import ICMPv6ND_RA
+
+    frames = [f for f in rdpcap(str(pcap)) if f.haslayer(IPv6)]
+    ras = [f[IPv6].src for f in frames if f.haslayer(ICMPv6ND_RA)]
+    replies = [f[IPv6].src for f in frames if f.haslayer(UDP) and f[UDP].sport == 547]
+    assert ras and replies, f"no RA or DHCPv6 reply captured: {len(ras)} {len(replies)}"
+    assert set(ras) == {"fe80::99"}, f"[opt.gateway] RAs from {set(ras)}"
+    assert set(replies) == {"fe80::99"}, f"[opt.gateway] DHCPv6 replies from {set(replies)}"
+
+
+# ---------------------------------------------------------------- process options
+
+
+@pytest.mark.parametrize("option", ["-f", "-d"])
+@pytest.mark.conformance("opt.foreground", "opt.debug")
+def test_foreground_options_keep_a_terminal_started_passt_in_front(topo: Topology, passt_bin: str,
+                                                                   tmp_path: Path, option: str) -> None:
+    """From a terminal (where passt would go to background), -f and -d keep it in the foreground:
+    the process the terminal started is the one serving the socket, and it has not returned."""
+    sock = str(tmp_path / "p.sock")
+    pid, fd = pty.fork()
+    if pid == 0:  # child: passt with the pty as its terminal
+        os.execvp("ip", ["ip", "netns", "exec", topo.host, passt_bin, option, "-s", sock])
+    try:
+        drained = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not accepts_unix(sock):
+            if select.select([fd], [], [], 0.05)[0]:
+                try:
+                    drained += os.read(fd, 65536)
+                except OSError:
+                    break
+        assert accepts_unix(sock), drained[-2000:]
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        ident = "opt.foreground" if option == "-f" else "opt.debug"
+        assert_statement(ident, done == 0, f"passt {option} returned to the terminal")
+        owner = topo.run(topo.host, ["ss", "-Hxlp", "src", sock]).stdout
+        assert_statement(ident, f"pid={pid}," in owner, f"passt {option}: another process serves: {owner}")
+    finally:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+
+
+#: Runs in a private mount and PID namespace with its own /tmp: the default socket and pcap
+#: names can't meet other tests' (or other users') passt, and /proc lists only these processes.
+_PRIVATE_TMP_PROBE = r"""
+import glob, json, os, socket, subprocess, sys, time
+passt, pasta = sys.argv[1], sys.argv[2]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "probe-tmp", "/tmp"], check=True)
+
+def accepts(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+def wait(cond, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+def listener(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen()
+    return s
+
+out = {}
+# order and stale files: 1 is taken (accepts), 2 is a stale file nobody accepts on, 3 is free
+live = listener("/tmp/passt_1.socket")
+stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+stale.bind("/tmp/passt_2.socket")
+stale.close()
+p = subprocess.Popen([passt, "-f", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+out["stale_taken"] = wait(lambda: accepts("/tmp/passt_2.socket"))
+out["third_created"] = os.path.exists("/tmp/passt_3.socket")
+p.terminate()
+p.wait(10)
+live.close()
+for f in glob.glob("/tmp/passt_*.socket"):
+    os.unlink(f)
+# all 64 taken: passt gives up, with a message, and goes no further
+lives = [listener(f"/tmp/passt_{n}.socket") for n in range(1, 65)]
+p = subprocess.run([passt, "-f", "-q"], capture_output=True, timeout=60)
+out["full_rc"], out["full_err"] = p.returncode, p.stderr.decode(errors="replace")
+out["created_65"] = os.path.exists("/tmp/passt_65.socket")
+for s in lives:
+    s.close()
+for f in glob.glob("/tmp/passt_*.socket"):
+    os.unlink(f)
+# bare -p: the instance number counts the other running instances; pasta's file says pasta
+a = subprocess.Popen([passt, "-f", "-q", "-s", "/tmp/a.sock", "-p"])
+wait(lambda: accepts("/tmp/a.sock"))
+b = subprocess.Popen([passt, "-f", "-q", "-s", "/tmp/b.sock", "-p"])
+wait(lambda: accepts("/tmp/b.sock"))
+out["passt_pcaps"] = sorted(os.path.basename(f) for f in glob.glob("/tmp/passt_*.pcap"))
+for proc in (a, b):
+    proc.terminate()
+    proc.wait(10)
+r = subprocess.run([pasta, "-q", "-p", "--", "true"], capture_output=True, timeout=60)
+out["pasta_rc"], out["pasta_err"] = r.returncode, r.stderr.decode(errors="replace")
+out["pasta_pcaps"] = sorted(os.path.basename(f) for f in glob.glob("/tmp/pasta_*.pcap"))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def private_tmp_probe(topo: Topology, passt_bin: str, pasta_bin: str, tmp_path: Path) -> dict[str, object]:
+    """What _PRIVATE_TMP_PROBE saw (one run serves the socket and the pcap tests)."""
+    script = tmp_path / "probe.py"
+    script.write_text(_PRIVATE_TMP_PROBE)
+    res = topo.run(topo.host, ["unshare", "-m", "-p", "-f", "--mount-proc", "--propagation", "private",
+                               sys.executable, str(script), passt_bin, pasta_bin], timeout=180)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    seen: dict[str, object] = json.loads(res.stdout.strip().splitlines()[-1])
+    return seen
+
+
+@pytest.mark.conformance("passt.socket-probe")
+def test_socket_probe_order_stale_files_and_limit(private_tmp_probe: dict[str, object]) -> None:
+    """Without -s: passt_1 accepting, passt_2 a stale file: passt takes passt_2 (not 3); with all
+    64 accepting it exits non-zero with a message and never tries a 65th."""
+    seen = private_tmp_probe
+    assert seen["stale_taken"] and not seen["third_created"], f"[passt.socket-probe] order/stale: {seen}"
+    assert seen["full_rc"] != 0 and seen["full_err"], f"[passt.socket-probe] 64 taken: {seen}"
+    assert not seen["created_65"], f"[passt.socket-probe] went past 64: {seen}"
+
+
+@pytest.mark.conformance("opt.pcap.default-path")
+def test_pcap_default_names_count_instances(private_tmp_probe: dict[str, object]) -> None:
+    """Bare -p: the first passt writes ..._0.pcap, a second one running beside it ..._1.pcap;
+    pasta's file is /tmp/pasta_<timestamp>_0.pcap."""
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+    names = private_tmp_probe["passt_pcaps"]
+    assert isinstance(names, list) and len(names) == 2, private_tmp_probe
+    assert re.fullmatch(rf"passt_{stamp}_0\.pcap", min(names, key=lambda n: n[-7:])) and \
+        re.fullmatch(rf"passt_{stamp}_1\.pcap", max(names, key=lambda n: n[-7:])), \
+        f"[opt.pcap.default-path] instances not counted: {names}"
+    pasta = private_tmp_probe["pasta_pcaps"]
+    assert isinstance(pasta, list) and len(pasta) == 1 and re.fullmatch(rf"pasta_{stamp}_0\.pcap", pasta[0]), \
+        f"[opt.pcap.default-path] pasta's name: {private_tmp_probe}"

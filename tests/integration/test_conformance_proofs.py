@@ -327,6 +327,20 @@ def test_foreground_options_keep_a_terminal_started_passt_in_front(topo: Topolog
         os.close(fd)
 
 
+@pytest.mark.conformance("opt.foreground")
+def test_foreground_option_without_a_terminal(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """-f with pipes instead of a terminal: the started process itself serves the socket."""
+    sock = str(tmp_path / "p.sock")
+    proc = topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock])
+    try:
+        assert _until(lambda: accepts_unix(sock), 20) is not None
+        owner = topo.run(topo.host, ["ss", "-Hxlp", "src", sock]).stdout
+        assert proc.poll() is None and f"pid={proc.pid}," in owner, f"[opt.foreground] {owner}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 #: Runs in a private mount and PID namespace with its own /tmp: the default socket and pcap
 #: names can't meet other tests' (or other users') passt, and /proc lists only these processes.
 _PRIVATE_TMP_PROBE = r"""

@@ -20,7 +20,7 @@ from tests.integration.conftest import accepts_unix as _accepts
 from tests.integration.conftest import wait_until as _wait
 
 
-@pytest.mark.conformance("opt.foreground", "daemon.background-from-terminal")
+@pytest.mark.conformance("daemon.background-from-terminal")
 def test_background_from_terminal_with_pid_file(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """Started from a terminal without -f, passt forks into background; -P names the daemon's PID."""
     sock, pidf = str(tmp_path / "p.sock"), tmp_path / "passt.pid"
@@ -55,7 +55,7 @@ def test_background_from_terminal_with_pid_file(topo: Topology, passt_bin: str, 
         os.kill(daemon_pid, 15)
 
 
-@pytest.mark.conformance("opt.foreground", "opt.stderr", "daemon.background-from-terminal")
+@pytest.mark.conformance("daemon.background-from-terminal")
 def test_foreground_non_interactive_logs_to_stderr_and_file(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """Not on a terminal passt stays in front and logs to stderr; -l also writes the log file."""
     sock, logf = str(tmp_path / "p.sock"), tmp_path / "passt.log"
@@ -167,7 +167,7 @@ def _holder_pid(topo: Topology) -> int:
     return holder.pid
 
 
-@pytest.mark.conformance("opt.foreground", "security.runas", "pasta.join-pid", "notes.icmp.ping-sockets")
+@pytest.mark.conformance("security.runas", "pasta.join-pid", "notes.icmp.ping-sockets")
 def test_pasta_daemon_serves_joined_namespace_as_nobody(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """pasta PID from a terminal goes to background, drops to nobody, and the namespace pings wan (ping sockets)."""
     target = _holder_pid(topo)

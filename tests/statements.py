@@ -97,6 +97,8 @@ class Recorder:
         self.root = root
         self.args = args
         self.started = datetime.now(UTC)
+        #: The commit tested: taken at the start, so a commit made during the run is not named.
+        self.commit, self.dirty = _commit(root)
         self.tests: dict[str, dict[str, object]] = {}
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -110,11 +112,10 @@ class Recorder:
         entry["ids"] = sorted(set(" ".join(ids).split()))
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        commit, dirty = _commit(self.root)
         data = {
             "format": RESULTS_FORMAT,
-            "commit": commit,
-            "dirty": dirty,
+            "commit": self.commit,
+            "dirty": self.dirty,
             "started": self.started.strftime("%Y-%m-%d %H:%M UTC"),
             "args": self.args,
             "exitstatus": int(exitstatus),

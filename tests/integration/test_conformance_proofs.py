@@ -18,6 +18,7 @@ import pty
 import re
 import select
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,14 @@ def _udp_ask(topo: Topology, ns: str, addr: str, port: int, text: str) -> str:
     return ""
 
 
+def _pasta_serving(topo: Topology, pasta_bin: str, script: str, port: int,
+                   *options: str, udp: bool = False) -> subprocess.Popen[bytes]:
+    """Start pasta running `script` (sh) and wait until its host side listens on `port`."""
+    proc = topo.popen(topo.host, [pasta_bin, "-q", "--config-net", *options, "--", "sh", "-c", script])
+    topo.wait_listening(topo.host, port, udp=udp, timeout=20)
+    return proc
+
+
 # ---------------------------------------------------------------- UDP follows TCP
 
 
@@ -78,9 +87,8 @@ def test_auto_udp_follows_tcp_and_rescans_close(topo: Topology, pasta_bin: str, 
     script = (f"socat TCP-LISTEN:7411,reuseaddr EXEC:cat & pid=$!; "
               f"while [ ! -e {stop} ]; do sleep 0.02; done; kill $pid; wait $pid; touch {done}; "
               f"while [ -e {done} ]; do sleep 0.02; done")
-    proc = topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "--", "sh", "-c", script])
+    proc = _pasta_serving(topo, pasta_bin, script, 7411)
     try:
-        topo.wait_listening(topo.host, 7411, timeout=20)
         t = _until(lambda: _listeners(topo, topo.host, 7411, udp=True), RESCAN_WAIT_S)
         assert_statement("ports.udp-follows-tcp", t is not None,
                          "a namespace TCP port found by auto has no UDP listener on the host")
@@ -141,9 +149,8 @@ def test_pasta_udp_follows_translated_tcp_untranslated(topo: Topology, pasta_bin
               "socat UDP-RECVFROM:7422,fork SYSTEM:'echo translated' & "
               f"{_ns_wait(7421, udp=True)}; {_ns_wait(7422, udp=True)}; "
               f"while [ ! -e {done} ]; do sleep 0.02; done; kill %1 %2")
-    proc = topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "-t", "7421:7422", "--", "sh", "-c", script])
+    proc = _pasta_serving(topo, pasta_bin, script, 7421, "-t", "7421:7422", udp=True)
     try:
-        topo.wait_listening(topo.host, 7421, udp=True, timeout=20)
         got = _udp_ask(topo, topo.wan, HOST_ADDR4, 7421, "ping")
         assert got == "same-port", f"[ports.udp-follows-tcp] UDP 7421 answered {got!r}"
     finally:
@@ -173,9 +180,8 @@ def test_auto_ipv6_bound_port_takes_ipv4(topo: Topology, pasta_bin: str, tmp_pat
     script = (f"socat TCP6-LISTEN:7441,ipv6only=0,reuseaddr,fork SYSTEM:'echo v6-bound' >/dev/null & "
               f"pid=$!; {_ns_wait(7441)}; grep -q ':1D11 ' /proc/net/tcp && echo IN_TCP4; "
               f"while [ ! -e {done} ]; do sleep 0.02; done; kill $pid")
-    proc = topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "--", "sh", "-c", script])
+    proc = _pasta_serving(topo, pasta_bin, script, 7441)
     try:
-        topo.wait_listening(topo.host, 7441, timeout=20)
         res = topo.run(topo.wan, ["socat", "-t", "2", "-", f"TCP:{HOST_ADDR4}:7441"], input="", timeout=20)
         assert res.stdout.strip() == "v6-bound", f"[ports.ipv6-also-ipv4] {res.stdout!r} {res.stderr}"
     finally:

@@ -1,21 +1,33 @@
 #!/usr/bin/env python3
-"""Generate docs/conformance.md: which man-page statements which tests prove.
+"""Generate docs/conformance.md: which man-page statements the last test run proved.
 
-Two inputs, one output:
+Three inputs, one output:
 
     docs/conformance_catalogue.toml   every checkable statement of passt(1), with
                                       a stable id, its section, a one-line
                                       paraphrase and, where the page is silent or
                                       wrong, our decision
     tests/**/test_*.py                @pytest.mark.conformance("ID", ...) markers
+                                      and assert_statement("ID", ...) lines
+    build/conformance/*.json          outcomes of a run (tests/statements.py,
+                                      `pytest --conformance-results=FILE`)
             |
             v
     docs/conformance.md               per section: statement | id | tests | status
 
+A statement **passes** only if every test carrying its id (or one of its
+`see` ids) ran in the recorded run and passed.  Otherwise it is **fail** (a
+test failed or errored), **not run** (a test in the sources has no outcome:
+deselected, not collected, or added after the run), **skipped**, or **no
+test** (no test carries the id).  So a deleted test, a skip or a regression
+each turn the row, and `--require-pass`, red.
+
 The tests are read with `ast`, never imported: importing them would need
 scapy, root or QEMU, and a syntax error in one file must not hide the rest.
-What counts as a marker (anywhere `pytest.mark.conformance(...)`, or any
-dotted name ending in `mark.conformance`, is called with string literals):
+The scan gives each test's file and line (for the links) and tells which
+tests exist, so one that never ran is seen.  What counts as a marker
+(anywhere `pytest.mark.conformance(...)`, or any dotted name ending in
+`mark.conformance`, is called with string literals):
 
 * a decorator of a `test_*` function, or of a `Test*` class (it then applies
   to every test in the class, nested classes included);
@@ -24,29 +36,26 @@ dotted name ending in `mark.conformance`, is called with string literals):
 * `pytestmark = ...` at module level (every test of the module) or in a class
   body (every test of the class).
 
+Asserting lines: a call `assert_statement("ID", ...)` or an `assert` whose
+message starts with `[ID]` or `[ID, ID]` (a string or f-string).  In a test, such a line
+must name an id the test carries.
+
 Files follow pytest's default discovery (`test_*.py`, `*_test.py`); tests
 are `test*` functions and methods of `Test*` classes, as pytest collects them.
 
-Status of a statement: "covered" when at least one test outside tests/unit
-(integration, perf, ...) proves it, "covered (unit only)" when only unit tests
-do, "not covered" otherwise.  A statement's `see` ids lend their tests to it
-(the page makes some claims twice).
-
-Problems that make `--check` (and `--write`) exit 1: ids used by tests that
-the catalogue doesn't have, markers whose ids aren't string literals, test
-files that don't parse.  `--check` also fails when docs/conformance.md isn't
-what this script would write now.  Output is deterministic: everything is
-sorted, nothing depends on time or on absolute paths.
-
-    python tools/conformance.py            print the document
-    python tools/conformance.py --write    (re)write docs/conformance.md
-    python tools/conformance.py --check    exit 1 if stale or inconsistent
+    python tools/conformance.py                 print the page
+    python tools/conformance.py --write         (re)write docs/conformance.md
+    python tools/conformance.py --require-pass  ... and exit 1 unless all pass
+    python tools/conformance.py --check         exit 1 if markers are inconsistent
+                                                (unknown ids, unreadable markers,
+                                                statements without a test)
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import json
 import re
 import sys
 import tomllib
@@ -65,12 +74,6 @@ UNIT_DIR: Final = "tests/unit"
 #: What an id may look like: lower case, dotted, stable.
 ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+)*$")
 
-COVERED: Final = "covered"
-COVERED_UNIT: Final = "covered (unit only)"
-NOT_COVERED: Final = "not covered"
-STATUSES: Final = (COVERED, COVERED_UNIT, NOT_COVERED)
-
-REGENERATE: Final = "python tools/conformance.py --write"
 
 _STATEMENT_KEYS: Final = frozenset({"id", "section", "text", "decision", "see"})
 _REQUIRED_KEYS: Final = frozenset({"id", "section", "text"})
@@ -115,6 +118,13 @@ class TestRef:
     nodeid: str
     #: First line of the test's docstring, "" without one.
     doc: str = field(compare=False)
+    #: Line of its `def` in the file.
+    line: int = field(default=0, compare=False)
+
+    @property
+    def path(self) -> str:
+        """The test's file, relative to the repository root."""
+        return self.nodeid.split("::", 1)[0]
 
     @property
     def unit(self) -> bool:
@@ -130,6 +140,8 @@ class ScanResult:
     marks: dict[str, list[TestRef]] = field(default_factory=dict)
     #: Human-readable problems: unparsable files, non-literal ids.
     problems: list[str] = field(default_factory=list)
+    #: id -> (file, line) of every line asserting it (assert_statement or "[ID]" messages).
+    asserts: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
 
     def add(self, conf_id: str, ref: TestRef) -> None:
         """Record that `ref` proves `conf_id`."""
@@ -139,6 +151,8 @@ class ScanResult:
         """Sort and deduplicate, so that output doesn't depend on scan order."""
         for conf_id, refs in self.marks.items():
             self.marks[conf_id] = sorted(set(refs))
+        for conf_id, lines in self.asserts.items():
+            self.asserts[conf_id] = sorted(set(lines))
         self.problems.sort()
 
 
@@ -296,13 +310,13 @@ def _decorator_ids(
 
 def _walk_tests(
     body: Sequence[ast.stmt], prefix: str, inherited: list[str], where: str, problems: list[str]
-) -> Iterator[tuple[str, str, list[str]]]:
-    """(nodeid, first doc line, ids) for every collectable test in `body`."""
+) -> Iterator[tuple[str, ast.FunctionDef | ast.AsyncFunctionDef, list[str]]]:
+    """(nodeid, function, ids) for every collectable test in `body`."""
     for stmt in body:
         if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
             own = _decorator_ids(stmt, where, problems)
             if stmt.name.startswith("test"):
-                yield f"{prefix}::{stmt.name}", _first_doc_line(stmt), inherited + own
+                yield f"{prefix}::{stmt.name}", stmt, inherited + own
             elif own:
                 problems.append(
                     f"{where}:{stmt.lineno}: conformance marker on '{stmt.name}', "
@@ -327,9 +341,47 @@ def scan_source(source: str, rel: str, result: ScanResult) -> None:
         result.problems.append(f"{rel}:{e.lineno}: does not parse: {e.msg}")
         return
     module_ids = _pytestmark_ids(tree.body, rel, result.problems)
-    for nodeid, doc, ids in _walk_tests(tree.body, rel, module_ids, rel, result.problems):
+    for conf_id, line in _asserted(tree):
+        result.asserts.setdefault(conf_id, []).append((rel, line))
+    for nodeid, func, ids in _walk_tests(tree.body, rel, module_ids, rel, result.problems):
+        ref = TestRef(nodeid=nodeid, doc=_first_doc_line(func), line=func.lineno)
         for conf_id in ids:
-            result.add(conf_id, TestRef(nodeid=nodeid, doc=doc))
+            result.add(conf_id, ref)
+        carried = set(ids)
+        for conf_id, line in _asserted(func):
+            if conf_id not in carried:
+                result.problems.append(
+                    f"{rel}:{line}: asserts '{conf_id}' but {nodeid.split('::', 1)[1]} "
+                    "does not carry that conformance id")
+
+
+#: An assertion message naming its statements: "[ID] ..." or "[ID, ID] ...".
+_MSG_ID_RE: Final = re.compile(r"^\[([a-z0-9][a-z0-9_.-]*(?:, *[a-z0-9][a-z0-9_.-]*)*)\]")
+
+
+def _message_ids(msg: ast.expr | None) -> list[str]:
+    """The ids an assert message starts with, in brackets (string or f-string); [] if none."""
+    if isinstance(msg, ast.JoinedStr) and msg.values:
+        msg = msg.values[0]
+    if isinstance(msg, ast.Constant) and isinstance(msg.value, str):
+        m = _MSG_ID_RE.match(msg.value)
+        if m:
+            return [i.strip() for i in m.group(1).split(",")]
+    return []
+
+
+def _asserted(node: ast.AST) -> Iterator[tuple[str, int]]:
+    """(id, line) of each statement-naming assertion inside `node`."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Assert):
+            for conf_id in _message_ids(sub.msg):
+                yield conf_id, sub.lineno
+        elif isinstance(sub, ast.Call):
+            name = _dotted(sub.func)
+            if (name == "assert_statement" or name.endswith(".assert_statement")) and sub.args:
+                first = sub.args[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    yield first.value, sub.lineno
 
 
 def _is_test_file(path: Path) -> bool:
@@ -360,31 +412,166 @@ def scan_tests(root: Path, files: Iterable[Path] | None = None) -> ScanResult:
     return result
 
 
-# ------------------------------------------------------------------------ rendering
+
+# -------------------------------------------------------------------------- results
+
+#: The results file format tests/statements.py writes.
+RESULTS_FORMAT: Final = 1
+PASSED: Final = "passed"
+FAILED: Final = "failed"
+SKIPPED: Final = "skipped"
+NOT_RUN: Final = "not run"
+_OUTCOMES: Final = (PASSED, FAILED, SKIPPED)
+_RANK: Final = {PASSED: 0, SKIPPED: 1, FAILED: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One pytest session's results file."""
+
+    #: File name, e.g. "unit.json".
+    name: str
+    commit: str
+    dirty: bool
+    #: When the session started, "YYYY-MM-DD HH:MM UTC".
+    started: str
+    exitstatus: int
+    #: Tests recorded (those carrying ids).
+    count: int
+
+
+@dataclass(slots=True)
+class Results:
+    """Outcomes of every recorded test, merged over the runs."""
+
+    runs: list[Run] = field(default_factory=list)
+    #: nodeid (with parameters) -> (outcome, ids).
+    tests: dict[str, tuple[str, frozenset[str]]] = field(default_factory=dict)
+
+    def add(self, nodeid: str, outcome: str, ids: frozenset[str]) -> None:
+        """Record one test; a test recorded twice keeps its worst outcome and all its ids."""
+        old = self.tests.get(nodeid)
+        if old is not None:
+            if _RANK[old[0]] > _RANK[outcome]:
+                outcome = old[0]
+            ids = ids | old[1]
+        self.tests[nodeid] = (outcome, ids)
+
+
+class ResultsError(Exception):
+    """A results file is unreadable or not in the expected format."""
+
+
+def parse_results(text: str, name: str, into: Results) -> None:
+    """Add one results file's content to `into`; raises ResultsError naming the fault."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ResultsError(f"{name}: not JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != RESULTS_FORMAT:
+        raise ResultsError(f"{name}: not a format-{RESULTS_FORMAT} conformance results file")
+    tests = data.get("tests")
+    if not isinstance(tests, dict):
+        raise ResultsError(f"{name}: 'tests' must be an object")
+    for nodeid, entry in tests.items():
+        outcome = entry.get("outcome") if isinstance(entry, dict) else None
+        ids = entry.get("ids") if isinstance(entry, dict) else None
+        if outcome not in _OUTCOMES or not isinstance(ids, list) or not all(
+                isinstance(i, str) for i in ids):
+            raise ResultsError(f"{name}: bad entry for {nodeid}")
+        into.add(str(nodeid), str(outcome), frozenset(ids))
+    into.runs.append(Run(name=name, commit=str(data.get("commit", "unknown")),
+                         dirty=bool(data.get("dirty", False)),
+                         started=str(data.get("started", "unknown")),
+                         exitstatus=int(data.get("exitstatus", -1)), count=len(tests)))
+
+
+def load_results(paths: Iterable[Path]) -> Results:
+    """Merge results files (in name order, for a deterministic page)."""
+    results = Results()
+    for path in sorted(paths, key=lambda p: p.name):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ResultsError(f"{path.name}: unreadable: {e}") from None
+        parse_results(text, path.name, results)
+    return results
+
+
+def _base(nodeid: str) -> str:
+    """A node id without its parameters: "f.py::test_x[a-b]" -> "f.py::test_x"."""
+    return nodeid.split("[", 1)[0]
+
+
+# ------------------------------------------------------------------------ verdicts
+
+PASS: Final = "pass"
+FAIL: Final = "fail"
+SKIP: Final = "skipped"
+NOT_RUN_STATUS: Final = "not run"
+NO_TEST: Final = "no test"
+#: Statuses in report order (the summary's columns).
+STATUSES: Final = (PASS, FAIL, NOT_RUN_STATUS, SKIP, NO_TEST)
+
+
+@dataclass(frozen=True, slots=True)
+class Proof:
+    """One test of a statement and what the run says of it."""
+
+    ref: TestRef
+    #: passed / failed / skipped / not run (worst over its parameters).
+    outcome: str
+    #: Through which id it proves the statement (the statement's own, or a `see` id).
+    via: str
 
 
 def unknown_ids(catalogue: Catalogue, scan: ScanResult) -> list[str]:
-    """Ids used by tests that the catalogue doesn't define, sorted."""
+    """Ids used by tests or assertions that the catalogue doesn't define, sorted."""
     known = catalogue.ids()
-    return sorted(i for i in scan.marks if i not in known)
+    return sorted(i for i in set(scan.marks) | set(scan.asserts) if i not in known)
 
 
-def tests_for(st: Statement, scan: ScanResult) -> list[TestRef]:
-    """The statement's own tests plus those of its `see` ids, sorted, no duplicates."""
-    refs = set(scan.marks.get(st.id, ()))
-    for other in st.see:
-        refs.update(scan.marks.get(other, ()))
-    return sorted(refs)
+def proofs_of(st: Statement, scan: ScanResult, results: Results) -> list[Proof]:
+    """Every test carrying the statement's id (or a `see` id), with its outcome in the run.
+
+    The sources decide which tests prove a statement (so one that never ran
+    is seen, and a deleted one is gone even from stale results); the run
+    gives their outcomes, matched on the id (a parametrised case whose
+    parameter carries the id counts, its siblings don't).
+    """
+    by_base: dict[str, list[tuple[str, frozenset[str]]]] = {}
+    for nodeid, (outcome, ids) in results.tests.items():
+        by_base.setdefault(_base(nodeid), []).append((outcome, ids))
+    proofs: dict[str, Proof] = {}
+    for via in (st.id, *st.see):
+        for ref in scan.marks.get(via, ()):
+            base = ref.nodeid
+            if base in proofs:
+                continue
+            outcomes = [o for o, ids in by_base.get(base, ()) if via in ids]
+            if not outcomes:
+                outcome = NOT_RUN
+            else:
+                outcome = max(outcomes, key=lambda o: _RANK[o])
+            proofs[base] = Proof(ref=ref, outcome=outcome, via=via)
+    return [proofs[k] for k in sorted(proofs)]
 
 
-def status_of(st: Statement, scan: ScanResult) -> str:
-    """covered / covered (unit only) / not covered."""
-    refs = tests_for(st, scan)
-    if not refs:
-        return NOT_COVERED
-    if all(r.unit for r in refs):
-        return COVERED_UNIT
-    return COVERED
+def status_of(proofs: Sequence[Proof]) -> str:
+    """pass only if there are tests and every one passed; else the worst thing that happened."""
+    outcomes = {p.outcome for p in proofs}
+    if not outcomes:
+        return NO_TEST
+    if FAILED in outcomes:
+        return FAIL
+    if NOT_RUN in outcomes:
+        return NOT_RUN_STATUS
+    if SKIPPED in outcomes:
+        return SKIP
+    return PASS
+
+
+# ------------------------------------------------------------------------ rendering
 
 
 def _cell(text: str) -> str:
@@ -392,20 +579,25 @@ def _cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip()
 
 
-def _test_line(ref: TestRef) -> str:
-    line = f"`{ref.nodeid}`"
-    if ref.doc:
-        line += f": {_cell(ref.doc)}"
-    return line
+def _link(path: str, line: int, label: str) -> str:
+    """A link from docs/ to a line of a file under the root."""
+    return f"[{label}](../{path}#L{line})"
 
 
-def _tests_cell(st: Statement, scan: ScanResult) -> str:
-    own = scan.marks.get(st.id, [])
-    lines = [_test_line(r) for r in own]
-    for other in st.see:
-        n = len(scan.marks.get(other, ()))
-        if n:
-            lines.append(f"via `{other}`: {n} test{'s' if n != 1 else ''}")
+def _tests_cell(st: Statement, proofs: Sequence[Proof], scan: ScanResult) -> str:
+    lines: list[str] = []
+    for p in proofs:
+        name = p.ref.nodeid.split("::", 1)[-1]
+        where = f"{p.ref.path}:{p.ref.line}" if p.ref.line else p.ref.path
+        text = (_link(p.ref.path, p.ref.line, f"`{where}`") if p.ref.line
+                else f"`{where}`") + f" {_cell(name)}: {p.outcome}"
+        if p.via != st.id:
+            text += f" (via `{p.via}`)"
+        lines.append(text)
+    asserts = sorted({a for i in (st.id, *st.see) for a in scan.asserts.get(i, ())})
+    if asserts:
+        lines.append("asserted at " + ", ".join(
+            _link(path, line, f"{Path(path).name}:{line}") for path, line in asserts))
     return "<br>".join(lines) if lines else "none"
 
 
@@ -415,29 +607,54 @@ def _anchor(title: str) -> str:
     return slug
 
 
-def render(catalogue: Catalogue, scan: ScanResult) -> str:
+def verdicts(catalogue: Catalogue, scan: ScanResult,
+             results: Results) -> dict[str, tuple[str, list[Proof]]]:
+    """id -> (status, proofs) for every statement."""
+    out: dict[str, tuple[str, list[Proof]]] = {}
+    for st in catalogue.statements:
+        proofs = proofs_of(st, scan, results)
+        out[st.id] = (status_of(proofs), proofs)
+    return out
+
+
+def render(catalogue: Catalogue, scan: ScanResult, results: Results) -> str:
     """The whole of docs/conformance.md."""
     out: list[str] = []
     w = out.append
-    statuses = {st.id: status_of(st, scan) for st in catalogue.statements}
-    n_tests = len({r.nodeid for refs in scan.marks.values() for r in refs})
+    verdict = verdicts(catalogue, scan, results)
 
     w("# Conformance to passt(1)")
     w("")
-    w("<!-- Generated by tools/conformance.py: do not edit by hand. -->")
+    w("<!-- Generated by tools/conformance.py from a test run: do not edit by hand. -->")
     w("")
     w("Every statement of the man page (`passt.1`) that a user could check is listed in "
       f"`{CATALOGUE_PATH}` with a stable id. Tests that prove a statement carry "
-      '`@pytest.mark.conformance("ID", ...)`; `tools/conformance.py` finds those markers by '
-      "parsing the test files (it never imports them) and writes this page.")
+      '`@pytest.mark.conformance("ID", ...)`, and the lines that assert it name it '
+      '(`assert_statement("ID", ...)` or a message starting `[ID]`). '
+      "`tests/statements.py` records each such test's outcome in a run "
+      "(`pytest --conformance-results=FILE`); `tools/conformance.py` joins the catalogue, "
+      "the markers found in the sources and those outcomes into this page.")
     w("")
-    w(f"Regenerate with `{REGENERATE}`. `python tools/conformance.py --check` "
-      "(run by `tests/unit/test_conformance_doc.py`) fails when this page is stale, when a "
-      "test uses an id the catalogue doesn't define, or when a marker can't be read.")
+    w("Built by `nox -s conformance` from the last `nox -s unit integration perf` run "
+      "(`scripts/test-all` runs both, and fails unless every statement passes). "
+      "Status: **pass**: every test carrying the id ran and passed; **fail**: one failed; "
+      "**not run**: one is in the sources but not in the run; **skipped**: one was skipped; "
+      "**no test**: no test carries the id. Tests marked *via* another id prove the same "
+      "claim, made twice by the page.")
     w("")
-    w("Status: **covered**: at least one integration (or other non-unit) test proves it; "
-      "**covered (unit only)**: only unit tests do; **not covered**: no test yet. "
-      "Tests listed as *via* another id prove the same claim, made twice by the page.")
+    w("## Run")
+    w("")
+    if not results.runs:
+        w("No results: no test run was recorded.")
+    else:
+        w("| results | commit | started | tests recorded | pytest exit status |")
+        w("|---|---|---|---:|---:|")
+        for run in results.runs:
+            commit = run.commit[:12] + (" (uncommitted changes)" if run.dirty else "")
+            w(f"| `{run.name}` | `{commit}` | {run.started} | {run.count} | {run.exitstatus} |")
+        if len({r.commit for r in results.runs}) > 1:
+            w("")
+            w("**The runs are of different commits.**")
     w("")
 
     w("## Summary")
@@ -447,7 +664,7 @@ def render(catalogue: Catalogue, scan: ScanResult) -> str:
     totals = dict.fromkeys(STATUSES, 0)
     for section in catalogue.sections:
         in_section = [s for s in catalogue.statements if s.section == section]
-        counts = [sum(1 for s in in_section if statuses[s.id] == k) for k in STATUSES]
+        counts = [sum(1 for s in in_section if verdict[s.id][0] == k) for k in STATUSES]
         for k, c in zip(STATUSES, counts, strict=True):
             totals[k] += c
         w(f"| [{_cell(section)}](#{_anchor(section)}) | "
@@ -455,6 +672,7 @@ def render(catalogue: Catalogue, scan: ScanResult) -> str:
     w("| **all** | " + " | ".join(f"**{totals[k]}**" for k in STATUSES)
       + f" | **{len(catalogue.statements)}** |")
     w("")
+    n_tests = len({r.nodeid for refs in scan.marks.values() for r in refs})
     w(f"{len(catalogue.statements)} statements; {n_tests} tests carry conformance markers.")
     w("")
 
@@ -467,8 +685,9 @@ def render(catalogue: Catalogue, scan: ScanResult) -> str:
         w("| statement | id | tests | status |")
         w("|---|---|---|---|")
         for st in in_section:
+            status, proofs = verdict[st.id]
             text = _cell(st.text) + (" (see Decisions)" if st.decision else "")
-            w(f"| {text} | `{st.id}` | {_tests_cell(st, scan)} | {statuses[st.id]} |")
+            w(f"| {text} | `{st.id}` | {_tests_cell(st, proofs, scan)} | {status} |")
         w("")
 
     w("## Decisions")
@@ -486,8 +705,9 @@ def render(catalogue: Catalogue, scan: ScanResult) -> str:
     if not unknown and not scan.problems:
         w("None: every id used by a test is in the catalogue.")
     for conf_id in unknown:
-        tests = ", ".join(f"`{r.nodeid}`" for r in scan.marks[conf_id])
-        w(f"- `{conf_id}`: used by {tests}")
+        users = [f"`{r.nodeid}`" for r in scan.marks.get(conf_id, ())]
+        users += [f"`{p}:{n}`" for p, n in scan.asserts.get(conf_id, ())]
+        w(f"- `{conf_id}`: used by {', '.join(users)}")
     for problem in scan.problems:
         w(f"- problem: {problem}")
     w("")
@@ -496,51 +716,83 @@ def render(catalogue: Catalogue, scan: ScanResult) -> str:
 
 # ---------------------------------------------------------------------- entry point
 
+#: Where the test sessions write their results (noxfile.py passes these paths).
+RESULTS_DIR: Final = "build/conformance"
+
+
+def consistency(catalogue: Catalogue, scan: ScanResult) -> list[str]:
+    """What is wrong whatever a run says: unknown ids, unreadable markers, statements without a test."""
+    errors: list[str] = []
+    for conf_id in unknown_ids(catalogue, scan):
+        where = [r.nodeid for r in scan.marks.get(conf_id, ())]
+        where += [f"{p}:{n}" for p, n in scan.asserts.get(conf_id, ())]
+        errors.append(f"unknown id '{conf_id}' used by {', '.join(where)}")
+    errors.extend(scan.problems)
+    for st in catalogue.statements:
+        if not any(scan.marks.get(i) for i in (st.id, *st.see)):
+            errors.append(f"statement '{st.id}' has no test")
+    return errors
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="conformance.py", description="Generate docs/conformance.md from the catalogue "
-        "and the tests' @pytest.mark.conformance markers.")
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument("--write", action="store_true", help=f"write {OUTPUT_PATH}")
-    action.add_argument("--check", action="store_true",
-                        help=f"exit 1 if {OUTPUT_PATH} is stale or ids are unknown")
+        prog="conformance.py", description="Build docs/conformance.md from the catalogue, "
+        "the tests' conformance markers and a run's recorded outcomes.")
+    parser.add_argument("--write", action="store_true", help=f"write {OUTPUT_PATH}")
+    parser.add_argument("--require-pass", action="store_true",
+                        help="exit 1 unless every statement passes in the recorded run")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the markers against the catalogue (no run needed)")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root")
+    parser.add_argument("--results", type=Path, action="append", default=None,
+                        metavar="FILE_OR_DIR",
+                        help=f"results files, or directories of *.json (default: {RESULTS_DIR})")
     args = parser.parse_args(argv)
     root: Path = args.root
+
+    def err(msg: str) -> None:
+        print(f"conformance: {msg}", file=sys.stderr)
 
     try:
         catalogue = load_catalogue(root / CATALOGUE_PATH)
     except (OSError, CatalogueError) as e:
-        print(f"conformance: {e}", file=sys.stderr)
+        err(str(e))
         return 1
     scan = scan_tests(root)
-    doc = render(catalogue, scan)
-    unknown = unknown_ids(catalogue, scan)
+    errors = consistency(catalogue, scan)
+    for problem in errors:
+        err(problem)
+    if args.check:
+        return 1 if errors else 0
 
-    status = 0
-    for conf_id in unknown:
-        where = ", ".join(r.nodeid for r in scan.marks[conf_id])
-        print(f"conformance: unknown id '{conf_id}' used by {where}", file=sys.stderr)
-        status = 1
-    for problem in scan.problems:
-        print(f"conformance: {problem}", file=sys.stderr)
-        status = 1
-
-    out_path = root / OUTPUT_PATH
+    files: list[Path] = []
+    for given in args.results or [root / RESULTS_DIR]:
+        files.extend(sorted(given.glob("*.json")) if given.is_dir() else [given])
+    try:
+        results = load_results(files)
+    except ResultsError as e:
+        err(str(e))
+        return 1
+    doc = render(catalogue, scan, results)
     if args.write:
-        out_path.write_text(doc, encoding="utf-8")
-    elif args.check:
-        try:
-            current = out_path.read_text(encoding="utf-8")
-        except OSError:
-            current = ""
-        if current != doc:
-            print(f"conformance: {OUTPUT_PATH} is stale; run `{REGENERATE}`", file=sys.stderr)
-            status = 1
+        (root / OUTPUT_PATH).write_text(doc, encoding="utf-8")
     else:
         sys.stdout.write(doc)
+
+    status = 1 if errors else 0
+    if args.require_pass:
+        if not results.runs:
+            err(f"no results to judge (looked in {', '.join(str(f) for f in args.results or [RESULTS_DIR])})")
+            status = 1
+        if len({r.commit for r in results.runs}) > 1:
+            err("the results are of different commits: run the sessions again")
+            status = 1
+        for conf_id, (verdict, proofs) in verdicts(catalogue, scan, results).items():
+            if verdict != PASS:
+                bad = [f"{p.ref.nodeid}: {p.outcome}" for p in proofs if p.outcome != PASSED]
+                err(f"{conf_id}: {verdict}" + (f" ({'; '.join(bad)})" if bad else ""))
+                status = 1
     return status
 
 

@@ -1027,8 +1027,8 @@ def _port_defaults(mode: Mode, v: _Values) -> tuple[PortFwd, PortFwd, PortFwd, P
         tcp = v.fwd.get(tcp_key, dflt)
         if udp_key in v.fwd:
             udp = v.fwd[udp_key]
-        elif tcp.explicit and tcp.mode is FwdMode.SPEC:
-            udp = follow(tcp)
+        elif tcp.explicit and tcp.mode is not FwdMode.NONE:
+            udp = follow(tcp)  # ports.udp-follows-tcp: lists, all and auto alike
         else:
             udp = dflt
         if no_tcp:

@@ -12,8 +12,9 @@ A spec is one of the keywords, or a comma-separated list of items:
 length; `A:T` maps one port.  A port may be named once per spec: overlapping
 items are an error rather than "last one wins", because a silent overlap is
 almost always a typo.  Exclusions take ports out of the listed ones; a spec
-made only of exclusions means "everything but these": ALL in passt, AUTO in
-pasta (the run-time scan skips them).  The optional `ADDR/` prefix binds the
+made only of exclusions means "every non-ephemeral port but these" (ALL
+mode) in passt and pasta alike, as today's passt does: in pasta that is not
+`auto` minus the ports, but a fixed set bound at start.  The optional `ADDR/` prefix binds the
 listeners to one local address instead of the wildcard.
 
 The man page's own `22-80-32:90` example is a known erratum; the accepted
@@ -144,9 +145,9 @@ def parse_port_spec(spec: str, *, mode: Mode, option: str) -> PortFwd:
             mapping[port] = dst_low + (port - low)
 
     if not mapping:
-        # Only exclusions: "everything but these".
-        fwd_mode = FwdMode.ALL if mode is Mode.PASST else FwdMode.AUTO
-        return PortFwd(mode=fwd_mode, excluded=frozenset(excluded), addr=addr, explicit=True)
+        # Only exclusions: every non-ephemeral port but these, in both programs
+        # (today's passt; the 2021 page has no '~'): ALL mode, bound at start.
+        return PortFwd(mode=FwdMode.ALL, excluded=frozenset(excluded), addr=addr, explicit=True)
     ports = tuple((p, t) for p, t in sorted(mapping.items()) if p not in excluded)
     if not ports:
         raise ConfigError(f"{option} '{spec}' excludes every port it lists")
@@ -176,13 +177,18 @@ def merge_port_fwd(first: PortFwd, second: PortFwd, *, option: str) -> PortFwd:
 
 
 def follow(tcp: PortFwd) -> PortFwd:
-    """The UDP forwarding implied by an explicit TCP list: same listening ports, no translation.
+    """The UDP forwarding implied by a TCP spec when -u (or -U) is absent.
 
     Man page, -u: "UDP ports with numbers corresponding to forwarded TCP port
-    numbers are forwarded too, without, however, any port translation".
+    numbers are forwarded too, without, however, any port translation".  A
+    list gives the same listening ports, each to itself; `all` gives `all`
+    with the same exclusions; `auto` gives `auto`, whose rescan also takes
+    the TCP ports found (flows/fwd.py); `none` gives `none`.
     """
-    return PortFwd(mode=FwdMode.SPEC, ports=tuple((p, p) for p, _ in tcp.ports),
-                   excluded=tcp.excluded, addr=tcp.addr, explicit=False)
+    if tcp.mode is FwdMode.SPEC:
+        return PortFwd(mode=FwdMode.SPEC, ports=tuple((p, p) for p, _ in tcp.ports),
+                       excluded=tcp.excluded, addr=tcp.addr, explicit=False)
+    return PortFwd(mode=tcp.mode, excluded=tcp.excluded, addr=tcp.addr, explicit=False)
 
 
 def _hex_port(field: str) -> int | None:

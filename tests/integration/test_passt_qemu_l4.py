@@ -97,24 +97,27 @@ def test_wan_reaches_guest_server_through_forwarding(topo: Topology, guest: Qemu
                 "for i in $(seq 100); do netstat -ltnu | grep -q ':5353' && netstat -ltn | grep -q ':22 ' && break; "
                 "sleep 0.05; done", timeout=30)
     res = topo.run(topo.wan, ["socat", "-t", "3", "-", f"TCP:{HOST_ADDR4}:2222"], input="hello\n", timeout=30)
-    assert res.stdout.splitlines() == [f"peer={WAN_ADDR4} local={HOST_ADDR4}", "hello"], res.stderr
+    assert res.stdout.splitlines() == [f"peer={WAN_ADDR4} local={HOST_ADDR4}", "hello"], \
+        f"[example.passt.forward-2222, opt.tcp-ports, ports.reachable] from wan: {res.stdout} {res.stderr}"
     for _ in range(3):  # a datagram may be lost on a loaded machine: ask again, as a client would
         res = topo.run(topo.wan, ["socat", "-t", "3", "-T", "3", "-", f"UDP:{HOST_ADDR4}:5353"], input="udp-echo\n",
                        timeout=30)
         if res.stdout.strip():
             break
-    assert res.stdout.strip() == "udp-echo", res.stderr
+    assert res.stdout.strip() == "udp-echo", f"[opt.udp-ports] -u 5353: {res.stderr}"
     # a local client on the host: its loopback source is shown to the guest as the gateway, and the
     # loopback destination as the guest's address (the NOTES' example: 127.0.0.1 -> 127.0.0.10)
     res = topo.run(topo.host, ["socat", "-t", "3", "-", "TCP:127.0.0.10:2222"], input="local\n", timeout=30)
-    assert res.stdout.splitlines() == [f"peer={WAN_GW4} local={HOST_ADDR4}", "local"], res.stderr
+    assert res.stdout.splitlines() == [f"peer={WAN_GW4} local={HOST_ADDR4}", "local"], \
+        f"[notes.nat.example, notes.nat.dst-loopback, notes.nat.src-gateway, ports.reachable] {res.stdout} {res.stderr}"
     # IPv6 before the guest has used any global address: the configured one (fd77::2, which a
     # DHCPv6 client would have taken; here added by hand) is the destination
     guest.check(f"echo 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad; ip -6 addr add {HOST_ADDR6}/128 dev eth0",
                 timeout=30)
     res = topo.run(topo.host, ["socat", "-t", "3", "-", "TCP6:[::1]:2222"], input="early\n", timeout=30)
     early = re.fullmatch(r"peer=\[[0-9a-f:]+\] local=\[([0-9a-f:]+)\]", (res.stdout.splitlines() or [""])[0])
-    assert early is not None and IPv6Address(early[1]) == IPv6Address(HOST_ADDR6), res.stdout + res.stderr
+    assert early is not None and IPv6Address(early[1]) == IPv6Address(HOST_ADDR6), \
+        f"[notes.nat.configured-fallback] {res.stdout} {res.stderr}"
     # once the guest has used its SLAAC address (the latest global source seen), a connection
     # to the host's ::1 reaches the guest at that observed address, from the gateway
     # (wait for DAD to finish: a tentative address is not used as a source)
@@ -126,7 +129,8 @@ def test_wan_reaches_guest_server_through_forwarding(topo: Topology, guest: Qemu
     lines = res.stdout.splitlines()
     seen = re.fullmatch(r"peer=\[([0-9a-f:]+)\] local=\[([0-9a-f:]+)\]", lines[0]) if lines else None
     assert seen is not None and lines[1:] == ["local6"], res.stdout + res.stderr
-    assert IPv6Address(seen[1]) == IPv6Address(WAN_GW6) and IPv6Address(seen[2]) == IPv6Address(slaac), lines
+    assert IPv6Address(seen[1]) == IPv6Address(WAN_GW6) and IPv6Address(seen[2]) == IPv6Address(slaac), \
+        f"[notes.nat.ipv6-global] {lines}"
     # the other way: the guest's connection and datagram reach wan from the host's own address,
     # as a local process's would (passt used host TCP and UDP sockets)
     topo.popen(topo.wan, ["socat", "TCP-LISTEN:9001,reuseaddr", "SYSTEM:echo tcp-peer=$SOCAT_PEERADDR"])
@@ -140,7 +144,7 @@ def test_wan_reaches_guest_server_through_forwarding(topo: Topology, guest: Qemu
                       f"(echo x | socat -T 5 - UDP:{WAN_ADDR4}:9002 >> /tmp/u 2>/dev/null &); "
                       "for i in $(seq 60); do [ -s /tmp/u ] && break 2; sleep 0.05; done; done; "
                       "head -n 1 /tmp/u", timeout=30)
-    assert out.splitlines() == [f"tcp-peer={HOST_ADDR4}", f"udp-peer={HOST_ADDR4}"], out
+    assert out.splitlines() == [f"tcp-peer={HOST_ADDR4}", f"udp-peer={HOST_ADDR4}"], f"[passt.l4-sockets] {out}"
 
 
 @pytest.mark.conformance("notes.icmp.id-preserved", "example.pasta.ping")

@@ -163,8 +163,7 @@ def test_no_ra_and_no_ndp(topo: Topology, pasta_bin: str, tmp_path: Path, switch
 
 
 @pytest.mark.parametrize("switch", ["-4", "-6"])
-@pytest.mark.conformance("opt.ipv4-only", "opt.ipv6-only", "host.ipv4-enabled", "host.ipv6-enabled",
-                         "host.family-enable")
+@pytest.mark.conformance("opt.ipv4-only", "opt.ipv6-only", "host.family-enable")
 def test_single_family(topo: Topology, pasta_bin: str, switch: str) -> None:
     """-4: the namespace gets IPv4 only and reaches wan over IPv4, not IPv6; -6 the other way round.
     Without either, both families are served (the host has an address and a default route for each)."""
@@ -234,7 +233,7 @@ def test_udp_follows_forwarded_tcp_port(topo: Topology, pasta_bin: str, tmp_path
         proc.wait(20)
 
 
-@pytest.mark.conformance("example.pasta.summary", "summary.pasta", "summary.omitted-blocks")
+@pytest.mark.conformance("summary.pasta", "summary.omitted-blocks")
 def test_summary_printed_at_start(topo: Topology, pasta_bin: str) -> None:
     """Without -q pasta prints the EXAMPLES' summary (interfaces, MAC, DHCP and NDP/DHCPv6 blocks);
     with -4 the IPv6 blocks are left out."""
@@ -384,7 +383,7 @@ def _announced_windows(pcap: Path, port: int) -> list[int]:
 
 
 @pytest.mark.parametrize("rcvbuf", [4096, 0], ids=["small-peer-window", "default-peer-window"])
-@pytest.mark.conformance("tcp.window-reflect", "tcp.tcp-info-window")
+@pytest.mark.conformance("tcp.window-reflect")
 def test_window_announced_to_namespace_follows_the_peer(topo: Topology, pasta_bin: str, tmp_path: Path,
                                                         rcvbuf: int) -> None:
     """A wan receiver with a 4 KiB receive buffer that reads late: every window pasta announces

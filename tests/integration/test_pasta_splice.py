@@ -80,8 +80,7 @@ def finish(proc: subprocess.Popen[bytes], done: Path) -> None:
 
 
 @pytest.mark.parametrize("lo", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
-@pytest.mark.conformance("notes.pasta.splice", "pasta.local-bypass", "notes.pasta.bypass-local-only",
-                         "opt.tcp-ports")  # fmt: skip
+@pytest.mark.conformance("notes.pasta.splice", "notes.pasta.bypass-local-only", "opt.tcp-ports")
 def test_t_loopback_client_spliced_64mib(
     topo: Topology, pasta_bin: str, blob: tuple[Path, str], tmp_path: Path, lo: str
 ) -> None:
@@ -126,8 +125,7 @@ def test_t_loopback_client_spliced_64mib(
 
 
 @pytest.mark.parametrize("lo", ["127.0.0.1", "::1"], ids=["ipv4", "ipv6"])
-@pytest.mark.conformance("notes.pasta.splice", "opt.tcp-ns", "pasta.local-bypass",
-                         "example.pasta.iperf3-loopback")  # fmt: skip
+@pytest.mark.conformance("notes.pasta.splice", "opt.tcp-ns", "example.pasta.iperf3-loopback")
 def test_T_namespace_client_to_host_loopback_64mib(
     topo: Topology, pasta_bin: str, blob: tuple[Path, str], tmp_path: Path, lo: str
 ) -> None:
@@ -203,7 +201,7 @@ def test_unforwarded_host_loopback_port_unreachable(topo: Topology, pasta_bin: s
     assert "Connection refused" in res.stderr
 
 
-@pytest.mark.conformance("notes.pasta.udp-bypass", "opt.udp-ns", "opt.udp-ports", "pasta.local-bypass")
+@pytest.mark.conformance("notes.pasta.udp-bypass", "opt.udp-ns", "opt.udp-ports")
 def test_udp_loopback_echo_both_ways(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """-u 5353 and -U 5354: UDP echo between the two loopbacks works both ways, each server
     sees a loopback peer, and no datagram of it crosses the tap."""

@@ -20,7 +20,7 @@ from tests.integration.conftest import accepts_unix as _accepts
 from tests.integration.conftest import wait_until as _wait
 
 
-@pytest.mark.conformance("opt.foreground", "daemon.background-from-terminal")
+@pytest.mark.conformance("daemon.background-from-terminal")
 def test_background_from_terminal_with_pid_file(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """Started from a terminal without -f, passt forks into background; -P names the daemon's PID."""
     sock, pidf = str(tmp_path / "p.sock"), tmp_path / "passt.pid"
@@ -55,7 +55,7 @@ def test_background_from_terminal_with_pid_file(topo: Topology, passt_bin: str, 
         os.kill(daemon_pid, 15)
 
 
-@pytest.mark.conformance("opt.foreground", "opt.stderr", "daemon.background-from-terminal")
+@pytest.mark.conformance("daemon.background-from-terminal")
 def test_foreground_non_interactive_logs_to_stderr_and_file(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """With -f, not on a terminal, passt stays in front and logs to stderr; -l also writes the log file."""
     sock, logf = str(tmp_path / "p.sock"), tmp_path / "passt.log"
@@ -167,7 +167,7 @@ def _holder_pid(topo: Topology) -> int:
     return holder.pid
 
 
-@pytest.mark.conformance("opt.foreground", "security.runas", "pasta.join-pid", "notes.icmp.ping-sockets")
+@pytest.mark.conformance("security.runas", "pasta.join-pid", "notes.icmp.ping-sockets")
 def test_pasta_daemon_serves_joined_namespace_as_nobody(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """pasta PID from a terminal goes to background, drops to nobody, and the namespace pings wan (ping sockets)."""
     target = _holder_pid(topo)
@@ -240,7 +240,7 @@ def test_pasta_opens_ping_group_range_in_namespace(topo: Topology, pasta_bin: st
 #: standard error either a pipe or a terminal.  Prints what each sink got.
 _SYSLOG_PROBE = r"""
 import json, os, pty, select, socket, subprocess, sys, time
-passt, work, interactive = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+passt, work, interactive, extra = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4:]
 master, slave = pty.openpty()  # before /dev is replaced
 old = os.path.join(work, "olddev")
 os.mkdir(old)
@@ -254,11 +254,11 @@ log.bind("/dev/log")
 os.chmod("/dev/log", 0o666)  # passt writes after dropping to nobody
 sock = os.path.join(work, "p.sock")
 if interactive:
-    proc = subprocess.Popen([passt, "-f", "-s", sock], stdin=slave, stdout=slave, stderr=slave)
+    proc = subprocess.Popen([passt, "-f", *extra, "-s", sock], stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     err_fd = master
 else:
-    proc = subprocess.Popen([passt, "-f", "-s", sock], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([passt, "-f", *extra, "-s", sock], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err_fd = proc.stderr.fileno()
 deadline = time.monotonic() + 20
 client = None
@@ -291,26 +291,31 @@ print(json.dumps({"syslog": syslog, "stderr": stderr.decode(errors="replace")}))
 """
 
 
-@pytest.mark.parametrize("interactive", [False, True], ids=["pipe", "terminal"])
+@pytest.mark.parametrize(("interactive", "extra"), [
+    (False, []), (True, []),
+    pytest.param(True, ["-e"], marks=pytest.mark.conformance("opt.stderr")),
+], ids=["pipe", "terminal", "terminal-e"])
 @pytest.mark.conformance("log.default-destination")
-def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path, interactive: bool) -> None:
-    """Log lines reach the system logger (/dev/log) always, and stderr too unless it is a terminal."""
+def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path, interactive: bool,
+                                 extra: list[str]) -> None:
+    """Log lines reach the system logger (/dev/log) always, and stderr too unless it is a terminal
+    (with -e, a terminal too)."""
     script = tmp_path / "probe.py"
     script.write_text(_SYSLOG_PROBE)
     res = topo.run(topo.host, ["unshare", "-m", "--propagation", "private", sys.executable, str(script), passt_bin,
-                               str(tmp_path), "1" if interactive else "0"], timeout=60)
+                               str(tmp_path), "1" if interactive else "0", *extra], timeout=60)
     assert res.returncode == 0, res.stderr
     seen = json.loads(res.stdout)
     line = next((m for m in seen["syslog"] if "guest connected" in m), None)
     # syslog(3)'s datagram: <facility*8+priority>timestamp ident[pid]: message (daemon.info = 30)
     assert line is not None and re.match(r"<30>.*passt\[\d+\]: guest connected to ", line), seen
-    if interactive:
+    if interactive and not extra:
         assert "guest connected" not in seen["stderr"], seen
     else:
-        assert "guest connected" in seen["stderr"], seen
+        assert "guest connected" in seen["stderr"], f"[opt.stderr, log.default-destination] {seen}"
 
 
-@pytest.mark.conformance("summary.passt", "example.passt.summary")
+@pytest.mark.conformance("summary.passt")
 def test_passt_prints_the_examples_summary(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """passt -f -t 2222:22 prints the EXAMPLES' summary block for block: outbound interface, ARP,
     DHCP and NDP/DHCPv6 (with the resolvers and search list of the host's resolv.conf), the socket."""

@@ -689,8 +689,9 @@ def test_udp_follows_tcp_passt() -> None:
     # -u given: it wins
     assert passt("-t", "22", "-u", "none").udp_in.mode is FwdMode.NONE
     assert passt("-t", "22", "-u", "53").udp_in.mapping() == {53: 53}
-    # -t all/none: UDP keeps its default
-    assert passt("-t", "all").udp_in.mode is FwdMode.NONE
+    # -t all: UDP all too; -t none: UDP keeps its default
+    assert passt("-t", "all").udp_in.mode is FwdMode.ALL, "[ports.udp-follows-tcp] -t all"
+    assert passt("-t", "none").udp_in.mode is FwdMode.NONE
 
 
 @pytest.mark.conformance("ports.udp-follows-tcp", "opt.tcp-ns", "opt.udp-ns")

@@ -1,15 +1,18 @@
-"""docs/conformance.md is fresh, and tools/conformance.py reads markers as pytest would.
+"""tools/conformance.py builds the page from a run: a deleted test, a skip or a regression turn it red.
 
 The generator is loaded from its path (tools/ is not a package).  The first
-tests run it on the real repository: a test that adds a conformance id the
-catalogue doesn't know, or a doc not regenerated after tests changed, fails
-here with the command that fixes it.  The rest drive the AST scanner and the
-renderer on small synthetic repositories under tmp_path.
+tests check the real repository's markers against the catalogue (no run
+needed).  The rest drive the AST scanner, the verdicts and the renderer on
+small synthetic repositories under tmp_path, and run the recording plugin
+(tests/statements.py) in a child pytest, with and without xdist.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -67,11 +70,10 @@ def test_no_unknown_ids_or_unreadable_markers() -> None:
     assert scan.problems == []
 
 
-def test_doc_is_fresh(capsys: pytest.CaptureFixture[str]) -> None:
-    """docs/conformance.md is exactly what `tools/conformance.py --write` would produce now."""
+def test_every_statement_has_a_test(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--check` on the real repository: known ids, readable markers, a test for every statement."""
     status = conf.main(["--check", "--root", str(REPO)])
-    err = capsys.readouterr().err
-    assert status == 0, err
+    assert status == 0, capsys.readouterr().err
 
 
 def test_catalogue_keeps_promised_ids() -> None:
@@ -262,59 +264,131 @@ section = "TWO"
 text = "Nobody tests this."
 '''
 
-
-def _repo(tmp_path: Path, tests: dict[str, str]) -> Path:
-    (tmp_path / "docs").mkdir()
-    (tmp_path / conf.CATALOGUE_PATH).write_text(CATALOGUE, encoding="utf-8")
-    _scan(tmp_path, tests)
-    return tmp_path
-
-
 UNIT = '''
 import pytest
+from tests.statements import assert_statement
+
 
 @pytest.mark.conformance("a.one", "a.two")
 def test_unit():
     """Unit proof."""
+    assert_statement("a.two", True, "second")
 '''
 
 INTEGRATION = '''
 import pytest
 
-@pytest.mark.conformance("a.one", "zz.unknown")
+
+@pytest.mark.conformance("a.one")
 def test_integration():
     """Integration proof."""
+    assert 1, "[a.one] the first claim"
 '''
 
+U = "tests/unit/test_u.py::test_unit"
+I = "tests/integration/test_i.py::test_integration"  # noqa: E741
 
-def test_status_distinguishes_unit_only(tmp_path: Path) -> None:
-    """A non-unit test makes 'covered'; unit tests alone 'covered (unit only)'; see ids lend tests."""
+
+def _repo(tmp_path: Path, tests: dict[str, str]) -> Path:
+    (tmp_path / "docs").mkdir(exist_ok=True)
+    (tmp_path / conf.CATALOGUE_PATH).write_text(CATALOGUE, encoding="utf-8")
+    _scan(tmp_path, tests)
+    return tmp_path
+
+
+def _results(outcomes: dict[str, tuple[str, list[str]]], commit: str = "c0ffee") -> str:
+    """A results file as tests/statements.py writes it."""
+    return json.dumps({
+        "format": 1, "commit": commit, "dirty": False, "started": "2026-01-02 03:04 UTC",
+        "args": [], "exitstatus": 0,
+        "tests": {n: {"outcome": o, "ids": ids} for n, (o, ids) in outcomes.items()},
+    })
+
+
+ALL_PASS = {U: ("passed", ["a.one", "a.two"]), I: ("passed", ["a.one"])}
+
+
+def _verdicts(root: Path, *runs: str) -> dict[str, str]:
+    catalogue = conf.load_catalogue(root / conf.CATALOGUE_PATH)
+    results = conf.Results()
+    for n, text in enumerate(runs):
+        conf.parse_results(text, f"run{n}.json", results)
+    return {k: v[0] for k, v in conf.verdicts(catalogue, conf.scan_tests(root), results).items()}
+
+
+def test_pass_needs_every_test_to_have_passed(tmp_path: Path) -> None:
+    """All tests ran and passed: pass; `see` ids lend their tests; no test at all: 'no test'."""
+    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})
+    assert _verdicts(root, _results(ALL_PASS)) == {
+        "a.one": "pass", "a.two": "pass", "b.one": "pass", "b.two": "no test"}
+
+
+@pytest.mark.parametrize(("outcome", "verdict"), [("failed", "fail"), ("skipped", "skipped")])
+def test_a_regression_or_a_skip_turns_the_row_red(tmp_path: Path, outcome: str, verdict: str) -> None:
+    """One failed (or skipped) test of several is enough; the statements lending it follow."""
+    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})
+    got = _verdicts(root, _results({**ALL_PASS, I: (outcome, ["a.one"])}))
+    assert got["a.one"] == verdict and got["b.one"] == verdict
+    assert got["a.two"] == "pass"
+
+
+def test_a_test_missing_from_the_run_is_not_run(tmp_path: Path) -> None:
+    """A test in the sources without an outcome (deselected, or added after the run) is 'not run'."""
+    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})
+    got = _verdicts(root, _results({U: ALL_PASS[U]}))
+    assert got["a.one"] == "not run" and got["a.two"] == "pass"
+    assert _verdicts(root)["a.two"] == "not run"
+
+
+def test_a_deleted_test_is_gone_even_from_old_results(tmp_path: Path) -> None:
+    """The sources say which tests prove a statement: stale results of a deleted test count for nothing."""
+    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT.replace('"a.one", "a.two"', '"a.one"')})
+    got = _verdicts(root, _results(ALL_PASS))
+    assert got["a.two"] == "no test"
+
+
+def test_parametrised_cases_count_by_the_id_they_carry(tmp_path: Path) -> None:
+    """A parameter's mark proves its statement with that case only; every carrying case must pass."""
+    root = _repo(tmp_path, {"tests/unit/test_p.py": """
+        import pytest
+
+        @pytest.mark.parametrize("x", [1, pytest.param(2, marks=pytest.mark.conformance("a.two"))])
+        @pytest.mark.conformance("a.one")
+        def test_p(x):
+            pass
+        """})
+    p = "tests/unit/test_p.py::test_p"
+    got = _verdicts(root, _results({f"{p}[1]": ("failed", ["a.one"]),
+                                    f"{p}[2]": ("passed", ["a.one", "a.two"])}))
+    assert got["a.one"] == "fail" and got["a.two"] == "pass"
+
+
+def test_runs_merge_worst_outcome_wins(tmp_path: Path) -> None:
+    """Two results files (unit, integration) merge; a test in both keeps its worst outcome."""
+    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})
+    got = _verdicts(root, _results({U: ALL_PASS[U]}), _results({I: ALL_PASS[I], U: ("failed", ["a.two"])}))
+    assert got["a.one"] == "fail" and got["a.two"] == "fail"  # test_unit proves both
+
+
+def test_render_rows_link_tests_and_asserting_lines(tmp_path: Path) -> None:
+    """Rows link each test (file:line) with its outcome, and the lines asserting the statement."""
     root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})
     catalogue = conf.load_catalogue(root / conf.CATALOGUE_PATH)
-    scan = conf.scan_tests(root)
-    by_id = {s.id: s for s in catalogue.statements}
-    assert conf.status_of(by_id["a.one"], scan) == conf.COVERED
-    assert conf.status_of(by_id["a.two"], scan) == conf.COVERED_UNIT
-    assert conf.status_of(by_id["b.one"], scan) == conf.COVERED
-    assert conf.status_of(by_id["b.two"], scan) == conf.NOT_COVERED
-    assert conf.unknown_ids(catalogue, scan) == ["zz.unknown"]
-
-
-def test_render_tables_decisions_unknown_and_summary(tmp_path: Path) -> None:
-    """The page has a table per section, the decisions, the unknown ids and the counts."""
-    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})
-    doc = conf.render(conf.load_catalogue(root / conf.CATALOGUE_PATH), conf.scan_tests(root))
-    assert "python tools/conformance.py --write" in doc
-    assert doc.index("## ONE") < doc.index("## TWO") < doc.index("## Decisions")
+    results = conf.Results()
+    conf.parse_results(_results({**ALL_PASS, I: ("failed", ["a.one"])}), "unit.json", results)
+    doc = conf.render(catalogue, conf.scan_tests(root), results)
     assert ("| First \\| claim. (see Decisions) | `a.one` | "
-            "`tests/integration/test_i.py::test_integration`: Integration proof.<br>"
-            "`tests/unit/test_u.py::test_unit`: Unit proof. | covered |") in doc
-    assert "| Second claim. | `a.two` | `tests/unit/test_u.py::test_unit`: Unit proof. | covered (unit only) |" in doc
-    assert "| Same as a.one. | `b.one` | via `a.one`: 2 tests | covered |" in doc
-    assert "| Nobody tests this. | `b.two` | none | not covered |" in doc
+            "[`tests/integration/test_i.py:6`](../tests/integration/test_i.py#L6) test_integration: failed<br>"
+            "[`tests/unit/test_u.py:7`](../tests/unit/test_u.py#L7) test_unit: passed<br>"
+            "asserted at [test_i.py:8](../tests/integration/test_i.py#L8) | fail |") in doc
+    assert ("| Second claim. | `a.two` | [`tests/unit/test_u.py:7`](../tests/unit/test_u.py#L7) "
+            "test_unit: passed<br>asserted at [test_u.py:9](../tests/unit/test_u.py#L9) | pass |") in doc
+    assert "test_unit: passed (via `a.one`)" in doc
+    assert "| Nobody tests this. | `b.two` | none | no test |" in doc
+    assert "| `unit.json` | `c0ffee` | 2026-01-02 03:04 UTC | 2 | 0 |" in doc
     assert "- `a.one` (ONE): We chose X." in doc
-    assert "- `zz.unknown`: used by `tests/integration/test_i.py::test_integration`" in doc
-    assert "| **all** | **2** | **1** | **1** | **4** |" in doc
+    assert "| **all** | **1** | **2** | **0** | **0** | **1** | **4** |" in doc
+    assert str(root) not in doc
 
 
 def test_render_is_deterministic(tmp_path: Path) -> None:
@@ -322,30 +396,181 @@ def test_render_is_deterministic(tmp_path: Path) -> None:
     root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})
     catalogue = conf.load_catalogue(root / conf.CATALOGUE_PATH)
     files = conf.find_test_files(root)
-    forward = conf.render(catalogue, conf.scan_tests(root, files))
-    backward = conf.render(catalogue, conf.scan_tests(root, list(reversed(files))))
+    results = conf.Results()
+    conf.parse_results(_results(ALL_PASS), "unit.json", results)
+    forward = conf.render(catalogue, conf.scan_tests(root, files), results)
+    backward = conf.render(catalogue, conf.scan_tests(root, list(reversed(files))), results)
     assert forward == backward
-    assert str(root) not in forward
 
 
-def test_write_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """--check fails with the regeneration hint when stale, passes after --write."""
-    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT})
-    assert conf.main(["--check", "--root", str(root)]) == 1
-    assert "run `python tools/conformance.py --write`" in capsys.readouterr().err
-    assert conf.main(["--write", "--root", str(root)]) == 0
-    assert conf.main(["--check", "--root", str(root)]) == 0
-    (root / conf.OUTPUT_PATH).write_text("edited by hand\n", encoding="utf-8")
-    assert conf.main(["--check", "--root", str(root)]) == 1
+def _main(root: Path, *args: str) -> int:
+    status: int = conf.main(["--root", str(root), *args])
+    return status
 
 
-def test_check_fails_on_unknown_id_even_when_fresh(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """An id missing from the catalogue fails --check although the page lists it."""
-    root = _repo(tmp_path, {"tests/integration/test_i.py": INTEGRATION})
-    assert conf.main(["--write", "--root", str(root)]) == 1
-    assert conf.main(["--check", "--root", str(root)]) == 1
+def test_require_pass_gates_on_every_statement(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--require-pass exits 1 on a failed, skipped or missing test and names it; 0 when all pass."""
+    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})
+    (root / CATALOGUE_ONE).write_text(CATALOGUE.split("[[statement]]\nid = \"b.two\"")[0], encoding="utf-8")
+    results = root / "build" / "conformance"
+    results.mkdir(parents=True)
+    (results / "unit.json").write_text(_results(ALL_PASS), encoding="utf-8")
+    assert _main(root, "--write", "--require-pass") == 0
+    assert "| pass |" in (root / conf.OUTPUT_PATH).read_text(encoding="utf-8")
+    capsys.readouterr()
+    for outcome in ("failed", "skipped"):
+        (results / "unit.json").write_text(_results({**ALL_PASS, I: (outcome, ["a.one"])}), encoding="utf-8")
+        assert _main(root, "--write", "--require-pass") == 1
+        assert f"a.one: {'fail' if outcome == 'failed' else 'skipped'} ({I}: {outcome})" in capsys.readouterr().err
+    (results / "unit.json").write_text(_results({U: ALL_PASS[U]}), encoding="utf-8")
+    assert _main(root, "--require-pass") == 1
+    assert f"({I}: not run)" in capsys.readouterr().err
+    (results / "unit.json").unlink()
+    assert _main(root, "--require-pass") == 1
+    assert "no results" in capsys.readouterr().err
+
+
+def test_require_pass_refuses_runs_of_different_commits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unit results of one commit and integration results of another don't make a page."""
+    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})
+    (root / CATALOGUE_ONE).write_text(CATALOGUE.split("[[statement]]\nid = \"b.two\"")[0], encoding="utf-8")
+    results = root / "build" / "conformance"
+    results.mkdir(parents=True)
+    (results / "unit.json").write_text(_results({U: ALL_PASS[U]}, commit="aaaa"), encoding="utf-8")
+    (results / "integration.json").write_text(_results({I: ALL_PASS[I]}, commit="bbbb"), encoding="utf-8")
+    assert _main(root, "--require-pass") == 1
+    assert "different commits" in capsys.readouterr().err
+
+
+CATALOGUE_ONE = conf.CATALOGUE_PATH
+
+
+def test_check_fails_on_unknown_ids_missing_tests_and_foreign_asserts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--check needs no run: unknown ids, a statement without a test, an assert of an id not carried."""
+    root = _repo(tmp_path, {
+        "tests/unit/test_u.py": UNIT,
+        "tests/integration/test_i.py": INTEGRATION.replace('"a.one")', '"a.one", "zz.unknown")'),
+        "tests/unit/test_f.py": """
+            import pytest
+
+            @pytest.mark.conformance("a.two")
+            def test_f():
+                assert True, f"[a.two, a.one] claimed but not carried"
+            """,
+    })
+    assert _main(root, "--check") == 1
     err = capsys.readouterr().err
-    assert "unknown id 'zz.unknown'" in err and "stale" not in err
+    assert "unknown id 'zz.unknown' used by tests/integration/test_i.py::test_integration" in err
+    assert "statement 'b.two' has no test" in err
+    assert "tests/unit/test_f.py:6: asserts 'a.one' but test_f does not carry that conformance id" in err
+    assert "'a.two' but" not in err
+    assert ("tests/unit/test_f.py", 6) in conf.scan_tests(root).asserts["a.two"]
+
+
+def test_bad_results_file_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A results file of another format or with a bad entry stops the tool with its name."""
+    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT})
+    bad = tmp_path / "bad.json"
+    bad.write_text(_results({U: ("maybe", ["a.one"])}), encoding="utf-8")
+    assert _main(root, "--results", str(bad)) == 1
+    assert f"bad.json: bad entry for {U}" in capsys.readouterr().err
+    bad.write_text('{"format": 99}', encoding="utf-8")
+    assert _main(root, "--results", str(bad)) == 1
+    assert "not a format-1 conformance results file" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------- the recorder
+
+PLUGIN_TESTS = '''
+import pytest
+from tests.statements import assert_statement
+
+
+@pytest.fixture
+def skipping():
+    pytest.skip("no root")
+
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise RuntimeError("teardown")
+
+
+@pytest.mark.conformance("s.pass")
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_pass(n):
+    assert_statement("s.pass", n > 0, "positive")
+
+
+@pytest.mark.conformance("s.fail")
+def test_fail():
+    assert_statement("s.fail", False, "the claim does not hold")
+
+
+@pytest.mark.conformance("s.skip")
+def test_skip(skipping):
+    pass
+
+
+@pytest.mark.conformance("s.xfail")
+@pytest.mark.xfail(reason="known")
+def test_xfail():
+    assert False
+
+
+@pytest.mark.conformance("s.teardown")
+def test_teardown(broken_teardown):
+    pass
+
+
+@pytest.mark.conformance("s.class")
+class TestGroup:
+    def test_in_class(self):
+        pass
+
+
+def test_unmarked():
+    pass
+'''
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["plain", "xdist"])
+def test_recorder_writes_one_file_of_outcomes(tmp_path: Path, xdist: list[str]) -> None:
+    """The plugin records each marked test's worst phase, also when xdist workers run the tests."""
+    (tmp_path / "test_rec.py").write_text(PLUGIN_TESTS, encoding="utf-8")
+    out = tmp_path / "out" / "r.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.statements", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), f"--conformance-results={out}", *xdist, "test_rec.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "[s.fail] the claim does not hold" in proc.stdout
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["format"] == 1 and data["exitstatus"] == 1
+    got = {n: (e["outcome"], e["ids"]) for n, e in data["tests"].items()}
+    assert got == {
+        "test_rec.py::test_pass[1]": ("passed", ["s.pass"]),
+        "test_rec.py::test_pass[2]": ("passed", ["s.pass"]),
+        "test_rec.py::test_pass[3]": ("passed", ["s.pass"]),
+        "test_rec.py::test_fail": ("failed", ["s.fail"]),
+        "test_rec.py::test_skip": ("skipped", ["s.skip"]),
+        "test_rec.py::test_xfail": ("failed", ["s.xfail"]),
+        "test_rec.py::test_teardown": ("failed", ["s.teardown"]),
+        "test_rec.py::TestGroup::test_in_class": ("passed", ["s.class"]),
+    }
+
+
+def test_recorder_off_without_the_option(tmp_path: Path) -> None:
+    """A targeted run without --conformance-results writes nothing."""
+    (tmp_path / "test_rec.py").write_text(PLUGIN_TESTS, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.statements",
+                    "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "test_rec.py", "-k", "pass"],
+                   cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test_rec.py"]
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [

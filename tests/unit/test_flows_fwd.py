@@ -224,15 +224,54 @@ def test_auto_rescan_adds_and_removes() -> None:
                   own_ports=lambda tcp: {own} if tcp else set())  # fmt: skip
     f.start()
     try:
-        assert set(f.listening()) == {("tcp", p1), ("udp", p2)}
+        # UDP follows TCP: p1 (TCP) is forwarded for UDP too
+        assert set(f.listening()) == {("tcp", p1), ("udp", p1), ("udp", p2)}
         # the namespace binds p3 (TCP) and drops p1 and its UDP port
         bound[True] = {p3, own}
         bound[False] = set()
         f.rescan(ctx.loop.now)
-        assert set(f.listening()) == {("tcp", p3)}
+        assert set(f.listening()) == {("tcp", p3), ("udp", p3)}
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", p1), timeout=1).close()
         assert f.targets()[("tcp", p3)] == p3
+    finally:
+        f.stop()
+
+
+@pytest.mark.conformance("ports.udp-follows-tcp")
+def test_auto_udp_takes_the_tcp_ports_found() -> None:
+    """AUTO: a port the namespace listens on for TCP only is forwarded for UDP too, and goes with it."""
+    tcp_only, udp_only, excl = free_ports(3)
+    bound = {True: {tcp_only, excl}, False: {udp_only}}
+    ctx, _ = make_ctx(
+        mode=Mode.PASTA,
+        tcp_in=PortFwd(mode=FwdMode.AUTO),
+        udp_in=PortFwd(mode=FwdMode.AUTO, excluded=frozenset({excl})),
+    )
+    f = Forwarder(ctx, tcp=FakeTcp(), udp=UdpHandler(ctx), scan_ns_ports=lambda tcp: set(bound[tcp]))
+    f.start()
+    try:
+        assert ("udp", tcp_only) in f.listening(), "[ports.udp-follows-tcp] TCP port found, no UDP listener"
+        assert set(f.listening()) == {("tcp", tcp_only), ("tcp", excl), ("udp", tcp_only), ("udp", udp_only)}
+        assert f.targets()[("udp", tcp_only)] == tcp_only
+        bound[True] = set()
+        f.rescan(ctx.loop.now)
+        assert set(f.listening()) == {("udp", udp_only)}, "[ports.udp-follows-tcp] closed with the TCP port"
+    finally:
+        f.stop()
+
+
+@pytest.mark.conformance("ports.udp-follows-tcp")
+def test_auto_udp_only_forwarder_follows_its_tcp_twin() -> None:
+    """pasta's -U forwarder serves UDP only; with -T auto its rescan still takes the TCP ports found."""
+    port, own = free_ports(2)
+    ctx, _ = make_ctx(mode=Mode.PASTA, tcp_in=PortFwd(mode=FwdMode.NONE), udp_in=PortFwd(mode=FwdMode.NONE))
+    f = Forwarder(ctx, tcp=None, udp=UdpHandler(ctx), scan_ns_ports=lambda tcp: {port, own} if tcp else set(),
+                  tcp_fwd=PortFwd(mode=FwdMode.AUTO), udp_fwd=PortFwd(mode=FwdMode.AUTO),
+                  own_ports=lambda tcp: {own} if tcp else set())  # fmt: skip
+    f.start()
+    try:
+        assert set(f.listening()) == {("udp", port)}, "[ports.udp-follows-tcp] -U auto after -T auto"
     finally:
         f.stop()
 

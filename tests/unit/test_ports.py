@@ -135,12 +135,14 @@ def test_spec_exclusion_range_keeps_translation() -> None:
     assert fwd.mapping() == {10: 110, 11: 111, 14: 114, 15: 115}
 
 
-def test_spec_only_exclusions_means_all_or_auto() -> None:
+@pytest.mark.conformance("ports.syntax")
+def test_spec_only_exclusions_means_every_port_but_these() -> None:
+    """`~PORT` alone is every non-ephemeral port but PORT (ALL), in pasta as in passt (today's passt)."""
     passt = spec("~22,~80-90")
     assert passt.mode is FwdMode.ALL
     assert passt.excluded == frozenset({22, *range(80, 91)})
     pasta = spec("~22", Mode.PASTA)
-    assert pasta.mode is FwdMode.AUTO
+    assert pasta.mode is FwdMode.ALL, "[ports.syntax] pasta's ~22 is not auto minus 22"
     assert pasta.excluded == frozenset({22})
 
 
@@ -170,8 +172,12 @@ def test_follow_maps_listening_ports_to_themselves() -> None:
     """UDP following TCP forwards the TCP listening port numbers without translation."""
     udp = follow(spec("2222:22,80-81:8080-8081"))
     assert udp.mode is FwdMode.SPEC
-    assert udp.mapping() == {80: 80, 81: 81, 2222: 2222}
+    assert udp.mapping() == {80: 80, 81: 81, 2222: 2222}, "[ports.udp-follows-tcp] no translation"
     assert not udp.explicit
+    every = follow(spec("~22"))
+    assert (every.mode, every.excluded) == (FwdMode.ALL, frozenset({22})), \
+        "[ports.udp-follows-tcp] all follows all, with its exclusions"
+    assert follow(spec("auto", Mode.PASTA)).mode is FwdMode.AUTO, "[ports.udp-follows-tcp] auto"
 
 
 # ------------------------------------------------------------------ /proc/net scans

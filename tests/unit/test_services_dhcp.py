@@ -11,8 +11,11 @@ from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
+from passt.cli import parse_args
+from passt.config import Mode
 from passt.counters import Counters
 from passt.guest import GuestState
+from passt.hostinfo import HostInfo
 from passt.services.dhcp import DhcpService
 from tests.unit.conftest import (
     DNS4,
@@ -138,13 +141,20 @@ def test_configured_values_are_handed_out() -> None:
     assert opts[119] == b"\x03eng\x05apple\x03com\x00\x09marketing\xc0\x04"
 
 
-@pytest.mark.conformance("dhcp.option26.mtu", "opt.mtu")
-def test_mtu_option_only_with_mtu() -> None:
-    """-m sends the MTU in option 26; without it no option 26 is sent."""
-    svc, _, _, _ = service(mtu=1500)
-    assert options_of(reply(svc, client("discover")))["interface-mtu"] == 1500
-    svc, _, _, _ = service()
-    assert "interface-mtu" not in options_of(reply(svc, client("discover")))
+#: A host with one IPv4 address and default route, for configurations built by the CLI.
+CLI_HOST = HostInfo(ifname="eth0", mac=bytes.fromhex("2816ad39a9ea"), mtu=1500,
+                    addr4=IPv4Address(GUEST4), prefix4=24, gw4=IPv4Address(GW4), route4=True,
+                    ifname4="eth0")
+
+
+@pytest.mark.conformance("dhcp.option26.mtu", "opt.mtu.default-none")
+def test_mtu_option_from_the_command_line() -> None:
+    """Configurations as the CLI builds them: -m 1500 sends 1500 in option 26; without -m, 65520."""
+    for argv, mtu in ((["-m", "1500"], 1500), ([], 65520)):
+        conf = parse_args(Mode.PASST, argv, host=CLI_HOST)
+        svc = DhcpService(conf, GuestState.from_config(conf), Counters(), lambda _line: None)
+        got = options_of(reply(svc, client("discover"))).get("interface-mtu")
+        assert got == mtu, f"[dhcp.option26.mtu] passt {' '.join(argv)}: option 26 is {got}, not {mtu}"
 
 
 def test_empty_dns_search_and_no_gateway_omitted() -> None:

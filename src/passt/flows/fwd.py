@@ -8,7 +8,8 @@ delivered to on the guest side:
         SPEC  listen port -> target port, as given
         ALL   (passt) every port outside the ephemeral range that is not
               excluded and that we may bind; ports already bound are skipped
-        AUTO  (pasta) whatever the namespace has bound, rescanned every second
+        AUTO  (pasta) whatever the namespace has bound, rescanned every second;
+              UDP's AUTO adds the ports TCP's AUTO forwards (UDP follows TCP)
     listener --READ--> tcp.listen_ready(lsock, target, now)
                        udp.listen_ready(lsock, target, now)
 
@@ -276,18 +277,42 @@ class Forwarder:
         self.rescan(now)
         self._timer = self.ctx.loop.call_later(self.rescan_s, self._on_timer)
 
+    def _tcp_auto_ports(self, scan: Callable[[bool], set[int]]) -> set[int]:
+        """The ports TCP's AUTO forwards now: the TCP scan minus exclusions and our own ports.
+
+        Computed from `tcp_fwd` even when this forwarder serves UDP only
+        (pasta's -U forwarder, whose -T twin is another Forwarder), so that
+        UDP can follow.
+        """
+        fwd = self.tcp_fwd
+        if fwd.mode is not FwdMode.AUTO or not self.ctx.conf.tcp:
+            return set()
+        want = scan(True) - fwd.excluded
+        if self.own_ports is not None:
+            want -= self.own_ports(True)
+        return want
+
     def rescan(self, now: float) -> None:
-        """AUTO: listen on newly bound ports of the other side, close vanished ones."""
+        """AUTO: listen on newly bound ports of the other side, close vanished ones.
+
+        UDP in AUTO also takes the ports TCP's AUTO forwards (ports.udp-follows-tcp:
+        "UDP ports with numbers corresponding to forwarded TCP port numbers are
+        forwarded too").
+        """
         scan = self.scan_ns_ports
         if scan is None:
             return
-        for proto, fwd, _ in self._specs():
-            if fwd.mode != FwdMode.AUTO:
-                continue
-            is_tcp = proto == TCP
-            want = scan(is_tcp) - fwd.excluded
-            if self.own_ports is not None:
-                want -= self.own_ports(is_tcp)
+        specs = [(proto, fwd) for proto, fwd, _ in self._specs() if fwd.mode == FwdMode.AUTO]
+        if not specs:
+            return
+        tcp_want = self._tcp_auto_ports(scan)
+        for proto, fwd in specs:
+            if proto == TCP:
+                want = tcp_want
+            else:
+                want = (scan(False) | tcp_want) - fwd.excluded
+                if self.own_ports is not None:
+                    want -= self.own_ports(False)
             have = {port for (p, port) in self._listeners if p == proto}
             for port in sorted(want - have):
                 self._bind(proto, fwd, port, port)

@@ -22,6 +22,7 @@ from typing import Final
 from passt import daemon, log
 from passt.cli import ConfigError, parse_args
 from passt.config import Mode
+from passt.control.server import start_control
 from passt.loop import EVENT_READ
 from passt.runtime import Runtime, local_addresses
 from passt.summary import format_summary
@@ -98,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     listener.setblocking(False)
     runtime = Runtime(conf, local_addrs=local_addresses())
     runtime.start_forwarding()
+    start_control(runtime)  # -c: the control socket (passt.control, docs/control.md)
     if not conf.quiet:
         out = format_summary(conf)
         out += f"UNIX domain socket bound at {path}\n\n"

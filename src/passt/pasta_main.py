@@ -28,6 +28,7 @@ from typing import Final
 from passt import daemon, log, syscalls
 from passt.cli import ConfigError, parse_args
 from passt.config import Config, Mode
+from passt.control.server import start_control
 from passt.loop import EVENT_READ
 from passt.netconf import TapSetup
 from passt.nshelper import NsHelper, NsHelperError
@@ -204,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     pcap = Pcap(conf.pcap) if conf.pcap else None
     runtime.attach_tap(TunTap(tap_fd, ctx.counters, pcap))
     runtime.start_forwarding()
+    start_control(runtime)  # -c: the control socket (passt.control, docs/control.md)
     if not conf.quiet:
         sys.stdout.write(format_summary(conf))
         sys.stdout.flush()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import functools
 import os
 import socket
 import stat
@@ -42,7 +43,7 @@ from passt.control.protocol import (
     parse_request,
     request_id,
 )
-from passt.loop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
+from passt.loop import EVENT_READ, EVENT_WRITE, EventLoop, Handler, Timer
 
 MAX_CLIENTS: Final = 16
 ACCEPT_BATCH: Final = 16
@@ -62,7 +63,7 @@ class ControlError(Exception):
 class Client:
     """One accepted connection."""
 
-    __slots__ = ("sock", "fd", "buf", "out", "out_off", "closing", "last", "events")
+    __slots__ = ("sock", "fd", "buf", "out", "out_off", "closing", "last", "events", "handler")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
@@ -75,6 +76,8 @@ class Client:
         #: Last progress (a request read or answer bytes written).
         self.last = now
         self.events = EVENT_READ
+        #: Its loop handler (set by the server).
+        self.handler: Handler | None = None
 
 
 class ControlServer:
@@ -112,7 +115,8 @@ class ControlServer:
                 self._close(min(self.clients.values(), key=lambda c: c.last))
             client = Client(sock, now)
             self.clients[client.fd] = client
-            self.loop.register(client.fd, EVENT_READ, lambda m, t, c=client: self._on_client(c, m, t))
+            client.handler = handler = functools.partial(self._on_client, client)
+            self.loop.register(client.fd, EVENT_READ, handler)
             if self._sweep is None:
                 self._sweep = self.loop.call_later(SWEEP_S, self._on_sweep)
 
@@ -169,8 +173,7 @@ class ControlServer:
             return
         want = EVENT_WRITE if c.out or (c.buf.has_line() and not c.closing) else EVENT_READ
         if want != c.events:
-            c.events = want
-            self.loop.modify(c.fd, want, lambda m, t, cl=c: self._on_client(cl, m, t))
+            self._modify(c, want)
 
     def _answer(self, line: bytes, now: float) -> bytes:
         try:
@@ -201,9 +204,13 @@ class ControlServer:
             self._close(c)
             return False
         if c.out and c.events != EVENT_WRITE:
-            c.events = EVENT_WRITE
-            self.loop.modify(c.fd, EVENT_WRITE, lambda m, t, cl=c: self._on_client(cl, m, t))
+            self._modify(c, EVENT_WRITE)
         return True
+
+    def _modify(self, c: Client, events: int) -> None:
+        c.events = events
+        assert c.handler is not None
+        self.loop.modify(c.fd, events, c.handler)
 
     def _on_sweep(self, now: float) -> None:
         """Close stalled readers and idle clients; runs only while clients exist."""

@@ -40,6 +40,9 @@ def test_request_without_version_is_version_1() -> None:
     (b'\xff\xfe garbage', "not a JSON object"),
     (b'', "not a JSON object"),
     (b'[' * 100000, "not a JSON object"),
+    (b'\x00{\x00"', "not a JSON object"),  # json.loads(bytes) would guess UTF-16-BE
+    (b'{\x00"\x00', "not a JSON object"),
+    (b'\x00\x00\x00{', "not a JSON object"),
 ])  # fmt: skip
 def test_bad_request_refused_with_one_line(line: bytes, message: str) -> None:
     with pytest.raises(ProtocolError) as e:

@@ -63,10 +63,7 @@ class Request:
 
 def parse_request(line: bytes) -> Request:
     """Parse one request line (without its newline); ProtocolError says what is wrong."""
-    try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
-        raise ProtocolError("not a JSON object: send one JSON object per line") from None
+    obj = _json(line)
     if not isinstance(obj, dict):
         raise ProtocolError("not a JSON object: send one JSON object per line")
     version = obj.pop("v", PROTOCOL_VERSION)
@@ -83,10 +80,23 @@ def parse_request(line: bytes) -> Request:
 def request_id(line: bytes) -> Any:
     """Best-effort `id` of a line that failed to parse (for the error answer); None if none."""
     try:
-        obj = json.loads(line)
-    except (ValueError, RecursionError):
+        obj = _json(line)
+    except ProtocolError:
         return None
     return obj.get("id") if isinstance(obj, dict) else None
+
+
+def _json(line: bytes) -> Any:
+    """The JSON value of a UTF-8 line; ProtocolError for anything else.
+
+    Decoded here rather than by json.loads: given bytes, it guesses UTF-16/32
+    from the first bytes, and garbage that looks like UTF-16-BE made it
+    raise LookupError (seen under a garbage flood).
+    """
+    try:
+        return json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ProtocolError("not a JSON object: send one JSON object per line") from None
 
 
 def encode_request(cmd: str, req_id: Any = None, **args: Any) -> bytes:

@@ -77,6 +77,7 @@ class Commands:
             {"-t": conf.tcp_in, "-u": conf.udp_in, "-T": conf.tcp_out, "-U": conf.udp_out},
             view.forwarder, view.ns_forwarders,
         )
+        self._tcp_static: fl.StaticCache = {}
 
     def handle(self, req: Request, now: float) -> Any:
         """The result of `req`; ProtocolError (its message one line) when it can't be served."""
@@ -108,7 +109,7 @@ class Commands:
                 continue
             items = table.values()[:room]
             if name == "tcp":
-                rows += fl.tcp_rows(items, now, listen)
+                rows += fl.tcp_rows(items, now, listen, self._tcp_static)
             elif name == "udp":
                 rows += fl.udp_rows(items, now)
             elif name == "icmp":

@@ -86,6 +86,7 @@ def _wait_file(path: Path, timeout: float = 30) -> None:
 
 
 # flows ------------------------------------------------------------------------
+@pytest.mark.conformance("control.flows")
 @pytest.mark.parametrize("reverse", [False, True], ids=["upload", "download"])
 def test_iperf3_flows_grow_and_vanish(topo: Topology, tmp_path: Path, reverse: bool) -> None:
     """iperf3 through pasta: its flows show the right addresses, bytes grow the right way, then they go."""
@@ -109,6 +110,7 @@ def test_iperf3_flows_grow_and_vanish(topo: Topology, tmp_path: Path, reverse: b
         wait_until(lambda: not p.flows(5201), 15, "iperf3's flows to close")
 
 
+@pytest.mark.conformance("control.flows")
 def test_curl_download_flow_through_pesto(topo: Topology, tmp_path: Path) -> None:
     """A rate-limited curl download is listed by `pesto --flows --json` with its bytes growing."""
     www = tmp_path / "www"
@@ -176,6 +178,7 @@ def _listening(topo: Topology, port: int, udp: bool) -> bool:
     return bool(topo.run(topo.host, ["ss", "-H", "-lun" if udp else "-ltn", f"sport = :{port}"]).stdout.strip())
 
 
+@pytest.mark.conformance("control.forward-grammar")
 def test_port_added_at_run_time_reaches_namespace_then_deleted(topo: Topology, tmp_path: Path) -> None:
     """pesto -A -t 9100: wan reaches the namespace's TCP and (following) UDP server; -D: refused, the rest kept."""
     ready = tmp_path / "ready"
@@ -209,6 +212,7 @@ def test_port_added_at_run_time_reaches_namespace_then_deleted(topo: Topology, t
         assert listing == {"-t": "9200", "-u": "9200", "-T": "auto", "-U": "auto"}
 
 
+@pytest.mark.conformance("control.forward-grammar")
 def test_bad_spec_refused_with_the_cli_message_changing_nothing(topo: Topology, tmp_path: Path) -> None:
     """pesto -A -t 70000 fails with pasta's own one-line message; the table is as before."""
     with pasta_control(topo, tmp_path, "true", "-t", "9200") as p:
@@ -240,6 +244,7 @@ print("answer", repr(answer))
 """
 
 
+@pytest.mark.conformance("control.socket-access")
 def test_other_uid_refused_and_logged(topo: Topology) -> None:
     """Mode 0600 keeps other users out; with the file opened up, SO_PEERCRED refuses them and pasta logs it."""
     tmp = Path(tempfile.mkdtemp(prefix="pt-ctl-"))
@@ -352,6 +357,7 @@ while not pathlib.Path(sys.argv[5]).exists():
 """
 
 
+@pytest.mark.conformance("control.flows")
 def test_flows_answer_with_10000_flows_under_100ms(topo: Topology, tmp_path: Path) -> None:
     """10,000 open TCP flows through pasta: `flows` lists them all in under 100 ms (best of 3)."""
     n = 10_000

@@ -237,7 +237,8 @@ def run(argv: Sequence[str]) -> int:
             return _watch(conn, args)
         if args.flows:
             r = conn.call("flows")
-            _emit(args, {**r, "rows": None, "flows": flow_objects(r)} if args.json else r, format_flows(r))
+            _emit(args, {"total": r["total"], "truncated": r["truncated"], "flows": flow_objects(r)},
+                  format_flows(r))
         elif args.stats:
             r = conn.call("stats")
             _emit(args, r, format_stats(r))

@@ -28,6 +28,7 @@ from typing import Final
 from passt import daemon, log, syscalls
 from passt.cli import ConfigError, parse_args
 from passt.config import Config, Mode
+from passt.control.server import start_control
 from passt.loop import EVENT_READ
 from passt.netconf import TapSetup
 from passt.nshelper import NsHelper, NsHelperError
@@ -208,11 +209,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     scan = _scanner(helper.pid)
     runtime = Runtime(conf, local_addrs=local_addresses(), scan_ns_ports=scan, ns_socket=helper.socket)
+    runtime.ns_pid = helper.pid  # the control socket's `stats` reads the tap's counters there
     ctx = runtime.ctx
     ctx.guest.learn_mac(tap_mac)
     pcap = Pcap(conf.pcap) if conf.pcap else None
     runtime.attach_tap(TunTap(tap_fd, ctx.counters, pcap))
     runtime.start_forwarding()
+    start_control(runtime)  # -c: the control socket (passt.control, docs/control.md)
     log.block(format_summary(conf))
 
     exit_code = 0

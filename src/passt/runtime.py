@@ -97,6 +97,8 @@ class Runtime:
         self.udp_splice_out: UdpSpliceHandler | None = None
         #: pasta: the -T/-U listeners in the namespace (one Forwarder per loopback address).
         self.ns_forwarders: list[Forwarder] = []
+        #: pasta: the namespace helper's PID (set by pasta_main; the control socket reads it).
+        self.ns_pid: int | None = None
         if ns_socket is not None:
             self._build_bypass(ns_socket)
         # -t/-u: loopback peers go to the bypass when there is one; `auto` never forwards

@@ -347,3 +347,39 @@ class Forwarder:
     def targets(self) -> dict[tuple[str, int], int]:
         """(proto, listening port) -> port delivered to on the other side."""
         return {key: entry[1] for key, entry in self._listeners.items()}
+
+    # run time (control socket, docs/control.md) -----------------------------------
+    def apply(self, proto: str, fwd: PortFwd) -> None:
+        """Replace one protocol's spec while running: listeners closed and opened to match.
+
+        A listener whose port, target and address stay is kept, and with it the
+        UDP flows that reply through it; accepted TCP connections never depend
+        on their listener.  Bind failures are recorded in `failures` as at start.
+        """
+        old = self.tcp_fwd if proto == TCP else self.udp_fwd
+        if proto == TCP:
+            self.tcp_fwd = fwd
+        else:
+            self.udp_fwd = fwd
+        if (self.tcp if proto == TCP else self.udp) is None:
+            return
+        want = dict(fwd.ports) if fwd.mode is FwdMode.SPEC else {}
+        for (p, port), (_sock, target) in list(self._listeners.items()):
+            if p == proto and (
+                fwd.addr != old.addr or port in fwd.excluded or fwd.mode is FwdMode.NONE
+                or (fwd.mode is FwdMode.SPEC and want.get(port) != target)
+                or (fwd.mode is FwdMode.ALL and target != port)
+            ):  # fmt: skip
+                self._close(proto, port)
+        for key in [k for k in self.failures if k[0] == proto]:
+            del self.failures[key]
+        if fwd.mode is FwdMode.SPEC:
+            for port, target in fwd.ports:
+                if (proto, port) not in self._listeners and port not in fwd.excluded:
+                    self._bind(proto, fwd, port, target)
+        elif fwd.mode is FwdMode.ALL:
+            self._bind_all(proto, fwd)
+        elif fwd.mode is FwdMode.AUTO and self.scan_ns_ports is not None:
+            self.rescan(self.ctx.loop.now)
+            if self._timer is None:
+                self._timer = self.ctx.loop.call_later(self.rescan_s, self._on_timer)

@@ -77,7 +77,7 @@ class Runtime:
             else None
         )
         tcp = TcpHandler(ctx, local_addrs=local_addrs) if conf.tcp else None
-        udp = UdpHandler(ctx, local_addrs=local_addrs) if conf.udp else None
+        udp = UdpHandler(ctx, local_addrs=local_addrs, gso_batch=True) if conf.udp else None
         icmp = IcmpHandler(ctx) if conf.icmp else None
         ctx.tcp, ctx.udp, ctx.icmp = tcp, udp, icmp
         self.tcp, self.udp, self.icmp = tcp, udp, icmp

@@ -57,6 +57,7 @@ from typing import Final
 from passt.context import Context
 from passt.flows import nat
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
+from passt.flows.udp_batch import UdpSendBatch
 from passt.loop import EVENT_READ, Timer
 from passt.wire.checksum import csum_partial, finish, pseudo_sum4, pseudo_sum6
 from passt.wire.eth import ETH_HLEN, ETH_P_IP, ETH_P_IPV6
@@ -251,8 +252,11 @@ class UdpHandler:
         capacity: int = FLOW_MAX,
         loopback_dst: bool = False,
         socket_factory: SocketFactory = socket.socket,
+        gso_batch: bool = False,
     ) -> None:
         self.ctx = ctx
+        #: gso_batch: outbound datagrams of one turn go out as UDP GSO runs (udp_batch.py).
+        self._batch = UdpSendBatch(ctx.counters, ctx.loop.defer) if gso_batch else None
         #: Every address of the host (packed), for the NOTES "local" test.
         self.local_addrs = local_addrs
         self.timeout_s = timeout_s
@@ -300,6 +304,8 @@ class UdpHandler:
         try:
             if flow.inbound:
                 flow.sock.sendmsg([payload], flow.cmsg, 0, flow.host_peer)
+            elif self._batch is not None:
+                self._batch.add(flow.sock, payload)
             else:
                 flow.sock.send(payload)
         except BlockingIOError:
@@ -513,6 +519,8 @@ class UdpHandler:
     def _close(self, flow: UdpFlow) -> None:
         self.flows.remove(flow.key)
         if not flow.inbound:
+            if self._batch is not None:
+                self._batch.forget(flow.sock)
             self.ctx.loop.unregister(flow.sock.fileno())
             flow.sock.close()
 

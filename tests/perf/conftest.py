@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -213,7 +213,44 @@ def serve_wan(topo: Topology) -> None:
                            str(WAN_RR), "--lifetime", str(SERVER_LIFETIME_S)], WAN_RR)
 
 
-class Served:
+class ProcServed:
+    """A served tool's process and log (the parts of Serving every kind shares)."""
+
+    proc: subprocess.Popen[bytes] | None
+    log: Path
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def log_tail(self) -> str:
+        return _tail(self.log)
+
+
+def measure_together(bench: Bench, ms: dict[str, Measurement], binary: str | None,
+                     run: Callable[[], None], errors: tuple[type[BaseException], ...]) -> dict[str, Measurement]:  # fmt: skip
+    """Measure several paths of one implementation in one set-up (`run` fills `ms`), record them.
+
+    Not installed: all n/a. A set-up failure (`errors`) fails the paths that got no value.
+    """
+    if binary is None:
+        for m in ms.values():
+            m.status, m.note = NA, "not installed"
+    else:
+        bench.stop_served()
+        try:
+            run()
+        except (TimeoutError, OSError, subprocess.SubprocessError, *errors) as e:
+            for m in ms.values():
+                if not m.values:
+                    m.status, m.note = FAIL, str(e)[:2000]
+    return {p: bench.record(m) for p, m in ms.items()}
+
+
+class Served(ProcServed):
     """One implementation serving fresh namespaces at one MTU; a context manager."""
 
     def __init__(self, impl: Impl, mtu: int | None, logdir: Path) -> None:
@@ -238,15 +275,6 @@ class Served:
         """The host port that reaches the ns server (-t); direct: the host's own server."""
         return HOST_IPERF if self.cns is None else NS_IPERF
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def alive(self) -> bool:
-        return self.proc is None or self.proc.poll() is None
-
-    def log_tail(self) -> str:
-        return _tail(self.log)
 
     def __enter__(self) -> Served:
         try:

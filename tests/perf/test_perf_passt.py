@@ -12,7 +12,6 @@ ceiling". There is no "direct" for a VM; our passt's gate compares with C passt 
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Final
 import pytest
 
 from harness.netns import WAN_ADDR4, Topology
-from harness.perf import CLK_TCK, FAIL, NA, OK, PATHS, Measurement, parse_iperf3, tool_cpu_ticks
+from harness.perf import CLK_TCK, NA, OK, PATHS, Measurement, parse_iperf3, tool_cpu_ticks
 from harness.qemu import GuestError, QemuGuest
 from tests.perf.conftest import (
     C_PASST,
@@ -31,6 +30,7 @@ from tests.perf.conftest import (
     WAN_IPERF,
     Bench,
     installed,
+    measure_together,
     our_program,
     passt_gate,
     serve_iperf,
@@ -53,18 +53,8 @@ def _measure_vm(bench: Bench, impl: str) -> dict[str, Measurement]:
         return {p: m for p, m in got.items() if m is not None}
     binary = our_program("passt") if impl == "ours" else installed(C_PASST)
     ms = {p: Measurement(impl, p, VM_MTU, PATHS[p].unit) for p in DIRECTIONS}
-    if binary is None:
-        for m in ms.values():
-            m.status, m.note = NA, "not installed"
-    else:
-        bench.stop_served()
-        try:
-            _run_vm(bench, binary, impl, ms)
-        except (GuestError, TimeoutError, OSError, subprocess.SubprocessError) as e:
-            for m in ms.values():
-                if not m.values:
-                    m.status, m.note = FAIL, str(e)[:2000]
-    return {p: bench.record(m) for p, m in ms.items()}
+    return measure_together(bench, ms, binary, lambda: _run_vm(bench, binary or "", impl, ms),
+                            (GuestError,))
 
 
 def _run_vm(bench: Bench, binary: str, impl: str, ms: dict[str, Measurement]) -> None:

@@ -29,7 +29,7 @@ from typing import Final
 import pytest
 
 from harness.netns import HOST_ADDR4, WAN_ADDR4, WAN_GW4, Topology
-from harness.perf import FAIL, NA, PATHS, Measurement
+from harness.perf import PATHS, Measurement
 from tests.perf.conftest import (
     C_PASST,
     PEER_PASST,
@@ -37,8 +37,10 @@ from tests.perf.conftest import (
     WAN_RR,
     Bench,
     Impl,
+    ProcServed,
     check_baseline,
     installed,
+    measure_together,
     our_program,
     passt_gate,
     serve_wan,
@@ -73,7 +75,7 @@ def framerelay(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-class RelayServed:
+class RelayServed(ProcServed):
     """One passt behind the relay (what Bench.run_iperf / run_rr need of it)."""
 
     def __init__(self, impl: Impl, topo: Topology, vm: str, proc: subprocess.Popen[bytes],
@@ -81,25 +83,12 @@ class RelayServed:
         self.impl = impl
         self.topo = topo
         self.vm = vm
-        self.proc: subprocess.Popen[bytes] | None = proc
+        self.proc = proc
         self.log = log
 
     @property
     def ns(self) -> str:
         return self.vm
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def alive(self) -> bool:
-        return self.proc is None or self.proc.poll() is None
-
-    def log_tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-1500:]
-        except OSError:
-            return ""
 
 
 def _binary(impl_key: str) -> str | None:
@@ -117,18 +106,9 @@ def measure_relay(bench: Bench, relay: str, impl_key: str) -> dict[str, Measurem
         return {p: m for p, m in got.items() if m is not None}
     binary = _binary(impl_key)
     ms = {p: Measurement(impl_key, p, RELAY_MTU, PATHS[p].unit) for p in RELAY_PATHS}
-    if binary is None:
-        for m in ms.values():
-            m.status, m.note = NA, "not installed"
-    else:
-        bench.stop_served()
-        try:
-            _run_relay(bench, relay, Impl(impl_key, "passt", binary), ms)
-        except (RelayError, TimeoutError, OSError, subprocess.SubprocessError) as e:
-            for m in ms.values():
-                if not m.values:
-                    m.status, m.note = FAIL, str(e)[:2000]
-    return {p: bench.record(m) for p, m in ms.items()}
+    impl = Impl(impl_key, "passt", binary)
+    return measure_together(bench, ms, binary, lambda: _run_relay(bench, relay, impl, ms),
+                            (RelayError,))
 
 
 def _run_relay(bench: Bench, relay: str, impl: Impl, ms: dict[str, Measurement]) -> None:

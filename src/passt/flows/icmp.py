@@ -46,17 +46,10 @@ from typing import Final
 
 from passt.context import Context
 from passt.flows import nat
+from passt.flows.outbound import Outbound
+from passt.flows.sockets import SOCK_FAMILY, SocketFactory, dst_forwardable, link_scope, sockaddr_of
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
-from passt.flows.udp import (
-    L4_OFF6,
-    SOCK_FAMILY,
-    SocketFactory,
-    dst_not_forwardable,
-    ip4_fixed_sum,
-    link_scope,
-    sockaddr_of,
-    write_l2l3,
-)
+from passt.flows.udp import L4_OFF6, ip4_fixed_sum, write_l2l3
 from passt.loop import EVENT_READ, Timer
 from passt.wire.checksum import csum_partial, finish, pseudo_sum6
 from passt.wire.icmp import (
@@ -150,6 +143,8 @@ class IcmpHandler:
         self.timer_interval_s = timer_interval_s
         self.loopback_dst = loopback_dst
         self._socket = socket_factory
+        #: Where new echo flows really go, and from which source (flows/outbound.py).
+        self._out = Outbound.from_config(ctx.conf)
         self.flows: FlowTable[tuple[int, int, bytes], IcmpFlow] = FlowTable(capacity)
         self._timer: Timer | None = None
         self._buf = bytearray(L4_OFF6 + 65535)
@@ -201,7 +196,7 @@ class IcmpHandler:
         """A new echo flow with a ping socket bound to the guest's identifier; None: dropped."""
         af, ident, dst = key
         counters = self.ctx.counters
-        if dst_not_forwardable(af, dst):
+        if not dst_forwardable(af, dst):
             counters.drop("icmp_dst_invalid")
             return None
         if not self.loopback_dst and nat.is_loopback(af, dst):
@@ -212,6 +207,7 @@ class IcmpHandler:
             return None
         family = SOCK_FAMILY[af]
         proto = socket.IPPROTO_ICMP if af == 4 else socket.IPPROTO_ICMPV6
+        real = self._out.target(af, dst, 0, dns=False)
         try:
             sock = self._socket(family, socket.SOCK_DGRAM, proto)
         except OSError as e:
@@ -227,13 +223,20 @@ class IcmpHandler:
             # Ping sockets are created shareable (SO_REUSEADDR set): two sockets on
             # one identifier would then see each other's replies, so refuse to share.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-            sock.bind(("0.0.0.0", ident) if af == 4 else ("::", ident, 0, 0))
+            self._out.bind_icmp(sock, af, real, ident)
         except OSError:
             # Stay unbound: the kernel picks a free identifier on first send.
             fallback = True
             counters.event("icmp_id_fallback")
+            try:  # but -o/--outbound-if* still hold (identifier 0: the kernel's choice)
+                self._out.bind_icmp(sock, af, real, 0)
+            except OSError:
+                sock.close()
+                counters.drop("icmp_outbound_bind")
+                return None
         flow = IcmpFlow(key, sock, guest_addr=src, fallback=fallback, now=now,
-                        scope=link_scope(self.ctx, af, dst))  # fmt: skip
+                        scope=link_scope(self.ctx.conf.out_ifname, af, dst))  # fmt: skip
+        flow.sockaddr = sockaddr_of(af, real, 0, link_scope(self.ctx.conf.out_ifname, af, real))
         self.flows.add(key, flow)
         self.ctx.loop.register(sock.fileno(), EVENT_READ, lambda _m, t: self._sock_ready(flow, t))
         counters.event("icmp_flow")

@@ -85,16 +85,22 @@ PATHS: Final[dict[str, PathInfo]] = {
     "tcp_crr": PathInfo("TCP_CRR 1 byte ns -> wan (tap)", "trans/s", False),
     "vm_up": PathInfo("VM guest -> wan TCP (passt, iperf3)", "Gbit/s", True),
     "vm_down": PathInfo("VM wan -> guest TCP (passt, iperf3 -R)", "Gbit/s", True),
+    "relay_up": PathInfo("passt socket: relay ns -> wan TCP (iperf3)", "Gbit/s", True),
+    "relay_down": PathInfo("passt socket: relay wan -> ns TCP (iperf3 -R)", "Gbit/s", True),
+    "relay_rr": PathInfo("passt socket: relay TCP_RR 1 byte ns -> wan", "trans/s", False),
+    "relay_crr": PathInfo("passt socket: relay TCP_CRR 1 byte ns -> wan", "trans/s", False),
 }
 """Every path the gates know, in report order."""
 
-IMPL_ORDER: Final = ("direct", "ours", "c", "slirp4netns")
-"""Column order in tables and charts; "ours" is pasta or passt from this project, "c" Debian's."""
+IMPL_ORDER: Final = ("direct", "ours", "c", "peer", "slirp4netns")
+"""Column order in tables and charts; "ours" is pasta or passt from this project, "c" Debian's,
+"peer" another build given by path ($PASST_PERF_PEER_PASTA / $PASST_PERF_PEER_PASST)."""
 
 IMPL_TITLES: Final = {
     "direct": "direct (no tool)",
     "ours": "ours (Python)",
     "c": "C (Debian 2023)",
+    "peer": "C peer (by path)",
     "slirp4netns": "slirp4netns",
 }
 
@@ -353,7 +359,7 @@ class Measurement:
     """All runs of one implementation on one path at one MTU."""
 
     impl: str
-    """"direct", "ours", "c" or "slirp4netns" (see IMPL_TITLES)."""
+    """"direct", "ours", "c", "peer" or "slirp4netns" (see IMPL_TITLES)."""
     path: str
     """A key of PATHS."""
     mtu: int | None
@@ -367,7 +373,8 @@ class Measurement:
     """Why n/a or fail, or the first error of a run."""
     errors: list[str] = field(default_factory=list)
     extras: dict[str, list[float]] = field(default_factory=dict)
-    """Side numbers per run: retr, loss_pct, cpu_pct (the tool's CPU share), p99_us, zero_intervals."""
+    """Side numbers per run: retr, loss_pct, cpu_pct (the tool's CPU share), cpu_us_per_tx and
+    cpu_s_per_gb (its CPU time per transaction or per GB moved), p99_us, zero_intervals."""
 
     @property
     def median(self) -> float | None:
@@ -517,10 +524,11 @@ class ResultSet:
         if impl != ref_impl and rmed and med is not None:
             bits.append(f"{med / rmed * 100:.0f}% of {ref_impl}")
         for key, label in (("retr", "retr"), ("loss_pct", "loss %"), ("cpu_pct", "cpu %"),
+                           ("cpu_us_per_tx", "cpu us/trans"), ("cpu_s_per_gb", "cpu s/GB"),
                            ("p99_us", "p99 us"), ("zero_intervals", "0-intervals")):
             v = m.extra_median(key)
             if v is not None and (key != "zero_intervals" or v > 0):
-                bits.append(f"{label} {v:.0f}")
+                bits.append(f"{label} {v:.2f}" if key == "cpu_s_per_gb" else f"{label} {v:.0f}")
         if m.errors:
             bits.append(f"{len(m.errors)} failed runs")
         return s + (f" [{', '.join(bits)}]" if bits else "")

@@ -82,7 +82,7 @@ class Runtime:
             else None
         )
         tcp = TcpHandler(ctx, local_addrs=local_addrs) if conf.tcp else None
-        udp = UdpHandler(ctx, local_addrs=local_addrs) if conf.udp else None
+        udp = UdpHandler(ctx, local_addrs=local_addrs, gso_batch=True) if conf.udp else None
         icmp = IcmpHandler(ctx) if conf.icmp else None
         self.tcp, self.udp, self.icmp = tcp, udp, icmp
         self.dispatcher = Dispatcher(ctx, arp=self.arp, dhcp=self.dhcp, ndp=self.ndp, dhcpv6=self.dhcpv6,

@@ -29,10 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import pytest
 
@@ -93,6 +93,12 @@ PASTA_ARGS: Final = ("--config-net", "-f", "-q", "--runas", "0")
 C_PASTA: Final = "/usr/bin/pasta"
 C_PASST: Final = "/usr/bin/passt"
 SLIRP: Final = "/usr/bin/slirp4netns"
+PEER_PASTA: Final = os.environ.get("PASST_PERF_PEER_PASTA", "")
+"""Another pasta to measure beside ours (say, a build of upstream's C), column "peer"; unset: none."""
+PEER_PASST: Final = os.environ.get("PASST_PERF_PEER_PASST", "")
+"""The same for passt (the relay paths)."""
+PASST_START_S: Final = 20.0
+"""How long passt may take to bind its socket."""
 
 
 def our_program(name: str) -> str | None:
@@ -130,7 +136,45 @@ def impls() -> dict[str, Impl]:
         "ours": Impl("ours", "pasta", our_program("pasta")),
         "c": Impl("c", "pasta", installed(C_PASTA)),
         "slirp4netns": Impl("slirp4netns", "slirp4netns", installed(SLIRP)),
+        **({"peer": Impl("peer", "pasta", installed(PEER_PASTA))} if PEER_PASTA else {}),
     }
+
+
+def start_passt(topo: Topology, binary: str, sock: Path, log: Path) -> subprocess.Popen[bytes]:
+    """passt in the host namespace, serving `sock`; returns once the socket exists.
+
+    C passt started as root drops to nobody before it binds: `sock`'s directory must be
+    world-writable (mode 1777).
+    """
+    with open(log, "wb") as logf:
+        proc = topo.popen(topo.host, [binary, "-f", "-s", str(sock)], stdout=logf.fileno(),
+                          stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + PASST_START_S
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise TimeoutError(f"passt did not bind {sock}: {_tail(log, 800)}")
+        time.sleep(0.05)
+    return proc
+
+
+class Serving(Protocol):
+    """What the run loops need of a served implementation (Served, or the relay's)."""
+
+    topo: Topology
+    impl: Impl
+    proc: subprocess.Popen[bytes] | None
+
+    @property
+    def ns(self) -> str:
+        """Where the namespace-side clients run."""
+        ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def alive(self) -> bool: ...
+
+    def log_tail(self) -> str: ...
 
 
 class StartError(RuntimeError):
@@ -144,7 +188,69 @@ def _tail(path: Path, n: int = 1500) -> str:
         return ""
 
 
-class Served:
+def tune_for_crr(ns: str) -> None:
+    """TCP_CRR opens thousands of connections a second; the closing side keeps TIME_WAIT."""
+    Topology.sysctl(ns, "net.ipv4.ip_local_port_range", "10000 65535")
+    Topology.sysctl(ns, "net.ipv4.tcp_tw_reuse", "1")
+
+
+def serve(topo: Topology, ns: str, argv: list[str], port: int) -> None:
+    """A server in `ns` (stopped with the topology), once it listens on `port`."""
+    topo.popen(ns, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=python_env())
+    topo.wait_listening(ns, port)
+
+
+def serve_iperf(topo: Topology, ns: str, port: int) -> None:
+    serve(topo, ns, ["timeout", str(SERVER_LIFETIME_S), "iperf3", "-s", "-p", str(port),
+                     "--rcv-timeout", "10000"], port)
+
+
+def serve_wan(topo: Topology) -> None:
+    """wan's servers: iperf3 on WAN_IPERF and the rr echo server on WAN_RR."""
+    tune_for_crr(topo.wan)
+    serve_iperf(topo, topo.wan, WAN_IPERF)
+    serve(topo, topo.wan, [sys.executable, "-m", "harness.perf", "rr-server", "--port",
+                           str(WAN_RR), "--lifetime", str(SERVER_LIFETIME_S)], WAN_RR)
+
+
+class ProcServed:
+    """A served tool's process and log (the parts of Serving every kind shares)."""
+
+    proc: subprocess.Popen[bytes] | None
+    log: Path
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.poll() is None
+
+    def log_tail(self) -> str:
+        return _tail(self.log)
+
+
+def measure_together(bench: Bench, ms: dict[str, Measurement], binary: str | None,
+                     run: Callable[[], None], errors: tuple[type[BaseException], ...]) -> dict[str, Measurement]:  # fmt: skip
+    """Measure several paths of one implementation in one set-up (`run` fills `ms`), record them.
+
+    Not installed: all n/a. A set-up failure (`errors`) fails the paths that got no value.
+    """
+    if binary is None:
+        for m in ms.values():
+            m.status, m.note = NA, "not installed"
+    else:
+        bench.stop_served()
+        try:
+            run()
+        except (TimeoutError, OSError, subprocess.SubprocessError, *errors) as e:
+            for m in ms.values():
+                if not m.values:
+                    m.status, m.note = FAIL, str(e)[:2000]
+    return {p: bench.record(m) for p, m in ms.items()}
+
+
+class Served(ProcServed):
     """One implementation serving fresh namespaces at one MTU; a context manager."""
 
     def __init__(self, impl: Impl, mtu: int | None, logdir: Path) -> None:
@@ -169,15 +275,6 @@ class Served:
         """The host port that reaches the ns server (-t); direct: the host's own server."""
         return HOST_IPERF if self.cns is None else NS_IPERF
 
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def alive(self) -> bool:
-        return self.proc is None or self.proc.poll() is None
-
-    def log_tail(self) -> str:
-        return _tail(self.log)
 
     def __enter__(self) -> Served:
         try:
@@ -199,36 +296,19 @@ class Served:
             self.cns = None
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def _tune(self, ns: str) -> None:
-        # TCP_CRR opens thousands of connections a second; the closing side keeps TIME_WAIT.
-        self.topo.sysctl(ns, "net.ipv4.ip_local_port_range", "10000 65535")
-        self.topo.sysctl(ns, "net.ipv4.tcp_tw_reuse", "1")
-
-    def _server(self, ns: str, argv: list[str], port: int) -> None:
-        self.topo.popen(ns, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                        env=python_env())
-        self.topo.wait_listening(ns, port)
-
-    def _iperf_server(self, ns: str, port: int) -> None:
-        self._server(ns, ["timeout", str(SERVER_LIFETIME_S), "iperf3", "-s", "-p", str(port),
-                          "--rcv-timeout", "10000"], port)
-
     def _start(self) -> None:
         t = self.topo
-        for ns in (t.host, t.wan):
-            self._tune(ns)
-        self._iperf_server(t.wan, WAN_IPERF)
-        self._server(t.wan, [sys.executable, "-m", "harness.perf", "rr-server", "--port",
-                             str(WAN_RR), "--lifetime", str(SERVER_LIFETIME_S)], WAN_RR)
-        self._iperf_server(t.host, HOST_IPERF)
+        tune_for_crr(t.host)
+        serve_wan(t)
+        serve_iperf(t, t.host, HOST_IPERF)
         if self.impl.kind == "direct":
             return
         assert self.impl.binary is not None
         self.cns = t.host[: -len("-h")] + "-c"
         subprocess.run(["ip", "netns", "add", self.cns], check=True, capture_output=True)
         subprocess.run(["ip", "-n", self.cns, "link", "set", "lo", "up"], check=True)
-        self._tune(self.cns)
-        self._iperf_server(self.cns, NS_IPERF)
+        tune_for_crr(self.cns)
+        serve_iperf(t, self.cns, NS_IPERF)
         mtu = self.mtu or 65520
         with open(self.log, "wb") as logf:
             if self.impl.kind == "pasta":
@@ -412,20 +492,21 @@ class Bench:
         }
         if p in ns_args:
             ns, args = ns_args[p]
-            self._iperf(s, m, ns, args)
+            self.run_iperf(s, m, ns, args)
         elif p in ("tcp_rr", "tcp_crr"):
-            self._rr(s, m, p, WAN_ADDR4, WAN_RR)
+            self.run_rr(s, m, p, WAN_ADDR4, WAN_RR)
         else:
             raise AssertionError(f"unknown path {p}")
 
-    def _check_alive(self, s: Served, m: Measurement) -> bool:
+    def _check_alive(self, s: Serving, m: Measurement) -> bool:
         if s.alive():
             return True
         m.errors.append(f"{s.impl.key} exited with {s.proc.returncode if s.proc else '?'}: "
                         f"{s.log_tail()[-300:]}")
         return False
 
-    def _iperf(self, s: Served, m: Measurement, ns: str, args: list[str]) -> None:
+    def run_iperf(self, s: Serving, m: Measurement, ns: str, args: list[str]) -> None:
+        """RUNS iperf3 runs from `ns` into `m`, with the tool's CPU share and CPU time per GB."""
         argv = ["iperf3", "-J", "-t", f"{SECONDS:g}", "--connect-timeout", "3000", *args]
         for _ in range(RUNS):
             if not self._check_alive(s, m):
@@ -450,9 +531,12 @@ class Bench:
                     m.add_extra("zero_intervals", res.zero_intervals)
             if s.pid is not None:
                 m.add_extra("cpu_pct", (c1 - c0) / CLK_TCK / (t1 - t0) * 100)
+                if res.error is None and res.bps > 0:
+                    m.add_extra("cpu_s_per_gb", (c1 - c0) / CLK_TCK / (res.bps * SECONDS / 8e9))
             time.sleep(PAUSE_S)
 
-    def _rr(self, s: Served, m: Measurement, mode: str, host: str, port: int) -> None:
+    def run_rr(self, s: Serving, m: Measurement, mode: str, host: str, port: int) -> None:
+        """RUNS rr-client runs from `s.ns` into `m`, with the tool's CPU time per transaction."""
         argv = [sys.executable, "-m", "harness.perf", "rr-client", mode, host, str(port),
                 f"{RR_SECONDS:g}"]
         budget = RR_SECONDS + RR_IO_TIMEOUT_S * 2 + 15
@@ -480,6 +564,7 @@ class Bench:
                 m.add_extra("rr_errors", rr.errors)
             if s.pid is not None:
                 m.add_extra("cpu_pct", (c1 - c0) / CLK_TCK / (t1 - t0) * 100)
+                m.add_extra("cpu_us_per_tx", (c1 - c0) / CLK_TCK * 1e6 / rr.transactions)
             time.sleep(PAUSE_S)
 
 
@@ -514,6 +599,22 @@ def gate(bench: Bench, path: str, mtu: int) -> None:
     pytest.fail(
         f"ours collapsed on {path} at MTU {mtu}: {ours.median:.3g} {ours.unit} is "
         f"{ratio * 100:.1f}% of direct ({direct.median:.3g}); the gate is {MIN_RATIO * 100:g}%")
+
+
+def passt_gate(ours: Measurement, c: Measurement) -> None:
+    """Our passt does not collapse: every run completes, no 0 bit/s interval on a TCP bulk
+    path, at least MIN_RATIO of C passt's median in the same run (a VM has no "direct")."""
+    path = ours.path
+    assert ours.status != NA, "our passt is not installed (pip install -e .)"
+    assert ours.status == OK, f"ours failed on {path}: {ours.note}"
+    assert not ours.errors, f"ours: {len(ours.errors)} of {RUNS} runs failed: {ours.errors[0]}"
+    zeros = sum(ours.extras.get("zero_intervals", []))
+    assert zeros == 0, f"ours stalled on {path}: {zeros:g} iperf3 intervals at 0 bit/s"
+    if c.status == OK and c.median and ours.median is not None:
+        ratio = ours.median / c.median
+        assert ratio >= MIN_RATIO, (
+            f"ours collapsed on {path}: {ours.median:.3g} {ours.unit} is {ratio * 100:.1f}% of "
+            f"C passt ({c.median:.3g}); the gate is {MIN_RATIO * 100:g}%")
 
 
 def check_baseline(m: Measurement) -> None:

@@ -12,7 +12,6 @@ ceiling". There is no "direct" for a VM; our passt's gate compares with C passt 
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,18 +20,21 @@ from typing import Final
 import pytest
 
 from harness.netns import WAN_ADDR4, Topology
-from harness.perf import CLK_TCK, FAIL, NA, OK, PATHS, Measurement, parse_iperf3, tool_cpu_ticks
+from harness.perf import CLK_TCK, NA, OK, PATHS, Measurement, parse_iperf3, tool_cpu_ticks
 from harness.qemu import GuestError, QemuGuest
 from tests.perf.conftest import (
     C_PASST,
-    MIN_RATIO,
     PAUSE_S,
     RUNS,
     SECONDS,
     WAN_IPERF,
     Bench,
     installed,
+    measure_together,
     our_program,
+    passt_gate,
+    serve_iperf,
+    start_passt,
 )
 
 pytestmark = pytest.mark.qemu
@@ -51,18 +53,8 @@ def _measure_vm(bench: Bench, impl: str) -> dict[str, Measurement]:
         return {p: m for p, m in got.items() if m is not None}
     binary = our_program("passt") if impl == "ours" else installed(C_PASST)
     ms = {p: Measurement(impl, p, VM_MTU, PATHS[p].unit) for p in DIRECTIONS}
-    if binary is None:
-        for m in ms.values():
-            m.status, m.note = NA, "not installed"
-    else:
-        bench.stop_served()
-        try:
-            _run_vm(bench, binary, impl, ms)
-        except (GuestError, TimeoutError, OSError, subprocess.SubprocessError) as e:
-            for m in ms.values():
-                if not m.values:
-                    m.status, m.note = FAIL, str(e)[:2000]
-    return {p: bench.record(m) for p, m in ms.items()}
+    return measure_together(bench, ms, binary, lambda: _run_vm(bench, binary or "", impl, ms),
+                            (GuestError,))
 
 
 def _run_vm(bench: Bench, binary: str, impl: str, ms: dict[str, Measurement]) -> None:
@@ -73,18 +65,8 @@ def _run_vm(bench: Bench, binary: str, impl: str, ms: dict[str, Measurement]) ->
         # C passt started as root drops to nobody before it binds its socket
         os.chmod(tmp, 0o1777)
         sock = Path(tmp) / "passt.socket"
-        topo.popen(topo.wan, ["timeout", "1800", "iperf3", "-s", "-p", str(WAN_IPERF),
-                              "--rcv-timeout", "10000"], stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-        topo.wait_listening(topo.wan, WAN_IPERF)
-        with open(log, "wb") as logf:
-            proc = topo.popen(topo.host, [binary, "-f", "-s", str(sock)], stdout=logf.fileno(),
-                              stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise TimeoutError(f"passt did not bind {sock}: {log.read_text(errors='replace')[-800:]}")
-            time.sleep(0.05)
+        serve_iperf(topo, topo.wan, WAN_IPERF)
+        proc = start_passt(topo, binary, sock, log)
         net = ["-netdev", f"stream,id=n0,server=off,addr.type=unix,addr.path={sock}",
                "-device", f"virtio-net-pci,netdev=n0,mac={GUEST_MAC}"]
         with QemuGuest(net_args=net, extra_binaries=["/usr/bin/iperf3"]) as guest:
@@ -133,15 +115,4 @@ def test_c_passt_baseline(bench: Bench, path: str) -> None:
 @pytest.mark.parametrize("path", list(DIRECTIONS))
 def test_passt_gate(bench: Bench, path: str) -> None:
     """Our passt does not collapse: every run completes, no 0 bit/s interval, >= MIN_RATIO of C."""
-    ours = _measure_vm(bench, "ours")[path]
-    assert ours.status != NA, "our passt is not installed (pip install -e .)"
-    assert ours.status == OK, f"ours failed on {path}: {ours.note}"
-    assert not ours.errors, f"ours: {len(ours.errors)} of {RUNS} runs failed: {ours.errors[0]}"
-    zeros = sum(ours.extras.get("zero_intervals", []))
-    assert zeros == 0, f"ours stalled on {path}: {zeros:g} iperf3 intervals at 0 bit/s"
-    c = _measure_vm(bench, "c")[path]
-    if c.status == OK and c.median and ours.median is not None:
-        ratio = ours.median / c.median
-        assert ratio >= MIN_RATIO, (
-            f"ours collapsed on {path}: {ours.median:.3g} Gbit/s is {ratio * 100:.1f}% of C passt "
-            f"({c.median:.3g}); the gate is {MIN_RATIO * 100:g}%")
+    passt_gate(_measure_vm(bench, "ours")[path], _measure_vm(bench, "c")[path])

@@ -72,6 +72,7 @@ ICMP_BATCH: Final = 32
 
 _ECHO: Final = struct.Struct("!BBHHH")
 _ID: Final = struct.Struct("!H")
+_ID_SUM: Final = struct.Struct("!HH")
 
 _ping_warned = False
 
@@ -193,8 +194,13 @@ class IcmpHandler:
             flow.sock.sendto(l4, flow.sockaddr)
         except BlockingIOError:
             counters.drop("icmp_send_eagain")
+            return
         except OSError:
             counters.drop("icmp_send_error")
+            return
+        # A near remote (a namespace, the host itself) has answered inside sendto():
+        # frame the reply now instead of one loop turn and epoll_wait later.
+        self._reply_one(flow, now)
 
     def _open(self, key: tuple[int, int, bytes], src: bytes, now: float) -> IcmpFlow | None:
         """A new echo flow with a ping socket bound to the guest's identifier; None: dropped."""
@@ -250,37 +256,36 @@ class IcmpHandler:
 
     # host -> guest ---------------------------------------------------------
     def _sock_ready(self, flow: IcmpFlow, now: float) -> None:
-        """Echo replies on a flow's ping socket: restore the guest's id, frame each."""
-        sock = flow.sock
-        rx = self._rx
-        counters = self.ctx.counters
-        af = flow.af
-        room = self._room4 if af == 4 else self._room6
-        reply = ICMP_ECHO_REPLY if af == 4 else ICMPV6_ECHO_REPLY
-        buf = self._buf
-        mv = self._mv
-        ctx = self.ctx
+        """Echo replies on a flow's ping socket, at most ICMP_BATCH per event."""
         for _ in range(ICMP_BATCH):
-            try:
-                n = sock.recv_into(rx, 0, socket.MSG_TRUNC)
-            except BlockingIOError:
+            if not self._reply_one(flow, now):
                 return
-            except OSError:
-                counters.drop("icmp_recv_error")
-                continue
-            if n > room:
-                counters.drop("icmp_too_big")
-                continue
-            if n < ICMP_ECHO_HLEN or buf[L2L3_HLEN6] != reply:
-                counters.drop("icmp_reply_bad")
-                continue
-            flow.last = now
-            _ID.pack_into(buf, L2L3_HLEN6 + 4, flow.guest_id)
-            _ID.pack_into(buf, L2L3_HLEN6 + 2, 0)
-            msg = mv[L2L3_HLEN6 : L2L3_HLEN6 + n]
-            _ID.pack_into(buf, L2L3_HLEN6 + 2, finish(csum_partial(msg, flow.psum + n if af == 6 else 0)))
-            start = flow.template(ctx.guest.mac).write(buf, L2L3_HLEN6, n)
-            ctx.send(bytes(mv[start : L2L3_HLEN6 + n]))
+    def _reply_one(self, flow: IcmpFlow, now: float) -> bool:
+        """Frame one echo reply for the guest with its own id; False: nothing was queued."""
+        rx = self._rx
+        try:
+            n = flow.sock.recv_into(rx, 0, socket.MSG_TRUNC)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self.ctx.counters.drop("icmp_recv_error")
+            return True
+        af = flow.af
+        buf = self._buf
+        if n > (self._room4 if af == 4 else self._room6):
+            self.ctx.counters.drop("icmp_too_big")
+            return True
+        if n < ICMP_ECHO_HLEN or buf[L2L3_HLEN6] != (ICMP_ECHO_REPLY if af == 4 else ICMPV6_ECHO_REPLY):
+            self.ctx.counters.drop("icmp_reply_bad")
+            return True
+        flow.last = now
+        _ID_SUM.pack_into(buf, L2L3_HLEN6 + 2, 0, flow.guest_id)
+        mv = self._mv
+        msg = mv[L2L3_HLEN6 : L2L3_HLEN6 + n]
+        _ID.pack_into(buf, L2L3_HLEN6 + 2, finish(csum_partial(msg, flow.psum + n if af == 6 else 0)))
+        start = flow.template(self.ctx.guest.mac).write(buf, L2L3_HLEN6, n)
+        self.ctx.send(bytes(mv[start : L2L3_HLEN6 + n]))
+        return True
 
     # lifetime ----------------------------------------------------------------
     def _arm(self, now: float) -> None:

@@ -70,6 +70,7 @@ from passt.flows.sockets import (
     sockaddr_of,
 )
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
+from passt.flows.udp_batch import UdpSendBatch
 from passt.loop import EVENT_READ, Timer
 from passt.wire.checksum import csum_partial, finish, pseudo_sum4, pseudo_sum6
 from passt.wire.eth import ETH_HLEN
@@ -166,8 +167,11 @@ class UdpHandler:
         capacity: int = FLOW_MAX,
         loopback_dst: bool = False,
         socket_factory: SocketFactory = socket.socket,
+        gso_batch: bool = False,
     ) -> None:
         self.ctx = ctx
+        #: gso_batch: outbound datagrams of one turn go out as UDP GSO runs (udp_batch.py).
+        self._batch = UdpSendBatch(ctx.counters, ctx.loop.defer) if gso_batch else None
         #: Every address of the host (packed), for the NOTES "local" test.
         self.local_addrs = local_addrs
         self.timeout_s = timeout_s
@@ -217,6 +221,8 @@ class UdpHandler:
         try:
             if flow.inbound:
                 flow.sock.sendmsg([payload], flow.cmsg, 0, flow.host_peer)
+            elif self._batch is not None:
+                self._batch.add(flow.sock, payload)
             else:
                 flow.sock.send(payload)
         except BlockingIOError:
@@ -433,6 +439,8 @@ class UdpHandler:
     def _close(self, flow: UdpFlow) -> None:
         self.flows.remove(flow.key)
         if not flow.inbound:
+            if self._batch is not None:
+                self._batch.forget(flow.sock)
             self.ctx.loop.unregister(flow.sock.fileno())
             flow.sock.close()
 

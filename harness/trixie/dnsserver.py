@@ -61,15 +61,16 @@ def answer(query: bytes) -> bytes | None:
 
 def serve(addrs: list[str]) -> None:
     sel = selectors.DefaultSelector()
+    socks: dict[int, socket.socket] = {}
     for addr in addrs:
         family = socket.AF_INET6 if ":" in addr else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.bind((addr, 53))
         sel.register(sock, selectors.EVENT_READ)
+        socks[sock.fileno()] = sock
     while True:
         for key, _ in sel.select():
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+            sock = socks[key.fd]
             data, peer = sock.recvfrom(MAX_QUERY)
             reply = answer(data)
             if reply is not None:

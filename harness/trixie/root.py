@@ -126,7 +126,7 @@ def _chroot(root: Path, *argv: str) -> None:
     subprocess.run(["chroot", str(root), *argv], check=True, capture_output=True, text=True)
 
 
-CONTAINERS_CONF: Final = f"""\
+CONTAINERS_CONF: Final = """\
 # Written by harness/trixie: rootless Podman without systemd, cgroups or a registry.
 [containers]
 cgroups = "disabled"
@@ -136,7 +136,7 @@ log_driver = "k8s-file"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 runtime = "crun"
-# The wrapper directory comes first: harness/trixie/session.py fills it with a recording
+# The wrapper directory comes first: harness/trixie/callers.py fills it with a recording
 # wrapper around ours or C's pasta (helper_binaries_dir is searched in order).
 helper_binaries_dir = ["/opt/callers/bin", "/usr/local/libexec/podman", "/usr/local/lib/podman", "/usr/libexec/podman", "/usr/lib/podman"]
 
@@ -157,6 +157,7 @@ security_driver = "none"
 cgroup_controllers = [ ]
 namespaces = [ ]
 remember_owner = 0
+stdio_handler = "file"
 """
 
 LIBVIRTD_CONF: Final = """\

@@ -38,7 +38,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 from harness.netns.topology import DNS_ADDR4, DNS_ADDR6
 from harness.trixie.root import UID, USER, VENV, VENV_SCRIPT
@@ -189,18 +189,22 @@ class RootSession:
         return res.stdout
 
     def popen(self, argv: Sequence[str], *, user: bool = False, env: Mapping[str, str] | None = None,
-              stdout: int | None = subprocess.DEVNULL, stderr: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+              stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+              stderr: int | IO[bytes] | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
         """Start a long-running process inside (it dies with the session at the latest)."""
         return subprocess.Popen(self.command(argv, user=user, env=env), stdin=subprocess.DEVNULL,
                                 stdout=stdout, stderr=stderr, start_new_session=True)
 
     def processes(self, name: str) -> list[str]:
-        """``ps`` lines of live (non-zombie) processes inside whose command name is `name`."""
+        """``ps`` lines of the live (non-zombie) processes inside whose command name is `name`.
+
+        A console script started by path has the script's name as its command name, so ours and
+        C's programs are both found by their own name.
+        """
         out = self.run(["ps", "-e", "-o", "pid=,stat=,comm=,args="]).stdout
         found = []
         for line in out.splitlines():
             fields = line.split(None, 3)
-            if len(fields) >= 3 and not fields[1].startswith("Z") and (fields[2] == name or name in fields[3:4] and
-                                                                        f"/{name} " in f"{fields[3]} "):
+            if len(fields) >= 3 and not fields[1].startswith("Z") and fields[2] == name:
                 found.append(line.strip())
         return found

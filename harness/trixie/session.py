@@ -198,13 +198,13 @@ class RootSession:
     def processes(self, name: str) -> list[str]:
         """``ps`` lines of the live (non-zombie) processes inside whose command name is `name`.
 
-        A console script started by path has the script's name as its command name, so ours and
-        C's programs are both found by their own name.
+        A console script started by path has the script's name as its command name, so ours is
+        found by its own name; C's re-executes itself as ``NAME.avx2`` where the CPU has AVX2.
         """
         out = self.run(["ps", "-e", "-o", "pid=,stat=,comm=,args="]).stdout
         found = []
         for line in out.splitlines():
             fields = line.split(None, 3)
-            if len(fields) >= 3 and not fields[1].startswith("Z") and fields[2] == name:
+            if len(fields) >= 3 and not fields[1].startswith("Z") and fields[2] in (name, f"{name}.avx2"):
                 found.append(line.strip())
         return found

@@ -194,7 +194,10 @@ def test_c_qrap_with_passt(topo: Topology, impl: Impl, passt_bin: str) -> None:
     try:
         wait_until(lambda: os.path.exists("/tmp/passt_1.socket"), 10, "passt bound /tmp/passt_1.socket")
         net = ["-net", "socket,fd=5", "-net", "nic,model=virtio,macaddr=52:54:00:12:34:56"]
-        with QemuGuest(net_args=net, qemu_argv_prefix=[qrap, "5"], netns=topo.host) as guest:
+        # C qrap takes QEMU_CMD only as a bare name it knows (a path makes it patch the command
+        # line for a qemu it looks up itself): the shell drops the harness's path to QEMU
+        prefix = ["sh", "-c", f'shift; exec {qrap} 5 qemu-system-x86_64 "$@"', "sh"]
+        with QemuGuest(net_args=net, qemu_argv_prefix=prefix, netns=topo.host) as guest:
             out = guest.check("ip link set eth0 up; udhcpc -f -q -n -t 5 -T 1 -i eth0 2>&1; "
                               "ip -o -4 addr show dev eth0", timeout=60)
         assert f"inet {HOST_ADDR4}/24" in out, out

@@ -63,9 +63,24 @@ Decisions the man page leaves open, made here:
   GID the user's primary group, or GID = UID for a number not in passwd.
   No --runas leaves `runas` None (the caller keeps its identity).
 
+* -m 0 is upstream's "no MTU assignment": DHCP/NDP carry no MTU option, the
+  tap keeps 65520.  Without -m, 65520 is sent (as today's passt).
+* The options today's callers pass (Podman, libvirt, RootlessKit) follow
+  upstream passt(1): --dns-forward, --dns-host, --map-host-loopback,
+  --map-guest-addr and -o take one address per family; "none" (map options
+  only) maps nothing, and --map-host-loopback none is --no-map-gw.  The
+  Config holds them as given; the data path owns their defaults.  -F implies
+  -1 in passt, as upstream.  --log-size defaults to 1 MiB, at least 4096.
+  --trace implies -d.  --vhost-user is recognised only to be refused.
+* Long options may be abbreviated to a unique prefix (getopt_long does).
+  Unknown options, missing and unwanted values are reported in glibc
+  getopt's words ("unrecognized option '--x'", "invalid option -- 'x'",
+  "option '--mtu' requires an argument"): Podman's fallback for older pasta
+  matches on them.
+
 Every error is a `ConfigError` whose message is one line without the program
 name, e.g. "invalid address '10.0.0.300' for -a"; the caller prints it as
-"pasta: <message>".  Usage errors end in "; see pasta --help".
+"pasta: <message>".  Other usage errors end in "; see pasta --help".
 """
 
 from __future__ import annotations
@@ -118,6 +133,9 @@ FALLBACK_NS_IFNAME: Final = "eth0"
 FALLBACK_GW6: Final = IPv6Address("fe80::1")
 #: RFC 8200 has no prefix shorter rule for SLAAC, but RFC 4862 needs /64 for it.
 DEFAULT_PREFIX6: Final = 64
+#: --log-size default (upstream's) and the smallest size we accept (a few lines).
+DEFAULT_LOG_SIZE: Final = 1 << 20
+MIN_LOG_SIZE: Final = 4096
 #: Upper bound of one DNS name (RFC 1035 section 2.3.4).
 DNS_NAME_MAX: Final = 253
 DNS_LABEL_MAX: Final = 63
@@ -146,6 +164,8 @@ class Opt:
     modes: frozenset[Mode]
     metavar: str = ""
     help: str = ""
+    #: Left out of --help (recognised only to be refused clearly).
+    hidden: bool = False
 
 
 OPTIONS: Final[tuple[Opt, ...]] = (
@@ -162,7 +182,8 @@ OPTIONS: Final[tuple[Opt, ...]] = (
     Opt("log-file", "l", Arg.REQUIRED, BOTH, "FILE", "Also log to FILE"),
     Opt("mtu", "m", Arg.REQUIRED, BOTH, "MTU",
         "Assign MTU via DHCP/NDP (68-65520; IPv6 needs 1280)\n"
-        "default: no MTU options sent; {prog} tap MTU 65520"),
+        "a zero value disables assignment\n"
+        "default: 65520, sent via DHCP/NDP{tap_mtu}"),
     Opt("address", "a", Arg.REQUIRED, BOTH, "ADDR",
         "Assign IPv4 or IPv6 address ADDR[/PREFIX] (once per family)\n"
         "default: from interface with the first default route"),
@@ -237,6 +258,48 @@ OPTIONS: Final[tuple[Opt, ...]] = (
         "Join network namespace at PATH, or /run/netns/NAME"),
     Opt("userns", None, Arg.REQUIRED, PASTA_ONLY, "PATH",
         "Join user namespace at PATH (with --netns or TARGET_PID)"),
+    # options today's callers pass (Podman, libvirt, RootlessKit), upstream's syntax
+    Opt("trace", None, Arg.NONE, BOTH, help="Be extra verbose, show single packets; implies -d"),
+    Opt("log-size", None, Arg.REQUIRED, BOTH, "SIZE",
+        "Largest size of the -l FILE in bytes; old lines make room\n"
+        "default: 1 MiB"),
+    Opt("fd", "F", Arg.REQUIRED, BOTH, "FD", "{fd_help}"),
+    Opt("one-off", "1", Arg.NONE, PASST_ONLY, help="Quit after handling a single guest connection"),
+    Opt("conf-path", "c", Arg.REQUIRED, BOTH, "PATH", "Control socket path (see docs/control.md)"),
+    Opt("hostname", "H", Arg.REQUIRED, BOTH, "NAME",
+        "Hostname for the guest (DHCP option 12)"),
+    Opt("fqdn", None, Arg.REQUIRED, BOTH, "NAME",
+        "FQDN for the guest (DHCP option 81, DHCPv6 option 39)"),
+    Opt("dns-forward", None, Arg.REQUIRED, BOTH, "ADDR",
+        "Answer DNS queries to ADDR through the host's resolver\n"
+        "once per family; default: no forwarding address"),
+    Opt("dns-host", None, Arg.REQUIRED, BOTH, "ADDR",
+        "Host resolver that --dns-forward queries go to\n"
+        "once per family; default: the host's first nameserver"),
+    Opt("no-map-gw", None, Arg.NONE, BOTH,
+        help="Don't map the gateway address to the host (= --map-host-loopback none)"),
+    Opt("map-host-loopback", None, Arg.REQUIRED, BOTH, "ADDR",
+        "Guest-side ADDR that stands for the host's loopback\n"
+        "once per family; 'none' disables the mapping"),
+    Opt("map-guest-addr", None, Arg.REQUIRED, BOTH, "ADDR",
+        "Guest-side ADDR that stands for the host address the guest shadows\n"
+        "once per family; default: none"),
+    Opt("outbound", "o", Arg.REQUIRED, BOTH, "ADDR",
+        "Source address for host-side sockets, once per family"),
+    Opt("outbound-if4", None, Arg.REQUIRED, BOTH, "NAME",
+        "Bind IPv4 host-side sockets to interface NAME"),
+    Opt("outbound-if6", None, Arg.REQUIRED, BOTH, "NAME",
+        "Bind IPv6 host-side sockets to interface NAME"),
+    Opt("netns-only", None, Arg.NONE, PASTA_ONLY,
+        help="Join only the network namespace, not a user namespace"),
+    Opt("no-netns-quit", None, Arg.NONE, PASTA_ONLY,
+        help="Keep running when the namespace or TARGET_PID goes away"),
+    Opt("ns-mac-addr", None, Arg.REQUIRED, PASTA_ONLY, "ADDR",
+        "MAC address of the namespace's tap\n"
+        "default: the kernel's choice"),
+    Opt("no-splice", None, Arg.NONE, PASTA_ONLY,
+        help="No loopback bypass: local traffic goes through the tap too"),
+    Opt("vhost-user", None, Arg.NONE, PASST_ONLY, hidden=True),
 )
 
 _BY_LONG: Final = {o.long: o for o in OPTIONS}
@@ -262,6 +325,8 @@ def help_text(mode: Mode) -> str:
             "fwd_default": "none",
             "dns_default": "use addresses from /etc/resolv.conf",
             "search_default": "use search list from /etc/resolv.conf",
+            "tap_mtu": "",
+            "fd_help": "Use FD, an already connected guest socket; implies -1",
         }
     else:
         usage = f"Usage: {prog} [OPTION]... [TARGET_PID | [--] COMMAND [ARG]...]"
@@ -271,10 +336,12 @@ def help_text(mode: Mode) -> str:
             "fwd_default": "auto",
             "dns_default": "don't send any addresses",
             "search_default": "don't send any search list",
+            "tap_mtu": "; tap MTU 65520",
+            "fd_help": "Use FD, an open tap device, instead of creating one",
         }
     lines = [usage, ""]
     for opt in OPTIONS:
-        if mode not in opt.modes:
+        if mode not in opt.modes or opt.hidden:
             continue
         head = _spelling(opt)
         if opt.metavar:
@@ -343,6 +410,25 @@ def _early_exit(mode: Mode, opt: Opt) -> None:
         raise SystemExit(0)
 
 
+def _lookup_long(word: str, name: str) -> Opt:
+    """The option a long word names: exact, else a unique prefix (as getopt_long).
+
+    Errors are glibc getopt's words, which callers match on: Podman retries
+    without --map-guest-addr when pasta says "unrecognized option
+    '--map-guest-addr'".
+    """
+    opt = _BY_LONG.get(name)
+    if opt is not None:
+        return opt
+    matches = [o for o in OPTIONS if name and o.long.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        choices = " ".join(f"'--{o.long}'" for o in matches)
+        raise ConfigError(f"option '{word}' is ambiguous; possibilities: {choices}")
+    raise ConfigError(f"unrecognized option '{word}'")
+
+
 def _tokenize(mode: Mode, argv: list[str]) -> _Given:
     given = _Given()
     i = 0
@@ -359,20 +445,18 @@ def _tokenize(mode: Mode, argv: list[str]) -> _Given:
             break
         if word.startswith("--"):
             name, eq, value = word[2:].partition("=")
-            opt = _BY_LONG.get(name)
-            spelled = f"--{name}"
-            if opt is None:
-                raise _usage_error(mode, f"unknown option {spelled}")
+            opt = _lookup_long(word, name)
+            spelled = f"--{opt.long}"
             _check_mode(mode, opt, spelled)
             if opt.arg is Arg.NONE:
                 if eq:
-                    raise _usage_error(mode, f"{spelled} takes no value")
+                    raise ConfigError(f"option '{spelled}' doesn't allow an argument")
                 _early_exit(mode, opt)
                 given.opts.append((opt, spelled, None))
             elif opt.arg is Arg.REQUIRED:
                 if not eq:
                     if i >= n:
-                        raise _usage_error(mode, f"{spelled} needs a value")
+                        raise ConfigError(f"option '{spelled}' requires an argument")
                     value = argv[i]
                     i += 1
                 given.opts.append((opt, spelled, value))
@@ -390,7 +474,7 @@ def _tokenize(mode: Mode, argv: list[str]) -> _Given:
                 spelled = f"-{letter}"
                 sopt = _BY_SHORT.get(letter)
                 if sopt is None:
-                    raise _usage_error(mode, f"unknown option {spelled}")
+                    raise ConfigError(f"invalid option -- '{letter}'")
                 _check_mode(mode, sopt, spelled)
                 if sopt.arg is Arg.NONE:
                     _early_exit(mode, sopt)
@@ -404,7 +488,7 @@ def _tokenize(mode: Mode, argv: list[str]) -> _Given:
                         svalue = argv[i]
                         i += 1
                     else:
-                        raise _usage_error(mode, f"{spelled} needs a value")
+                        raise ConfigError(f"option requires an argument -- '{letter}'")
                     given.opts.append((sopt, spelled, svalue))
                 else:
                     pvalue: str | None = rest or None
@@ -452,11 +536,13 @@ def _bad(mode: Mode, msg: str) -> ConfigError:
 
 
 def _parse_mtu(mode: Mode, spelled: str, value: str) -> int:
+    """-m: 68..65520, or 0 (upstream's "no MTU assignment"; the tap keeps 65520)."""
     if not _is_number(value.strip()):
-        raise _bad(mode, f"invalid MTU '{value}' for {spelled}: give a number {MIN_MTU}-{MAX_MTU}")
+        raise _bad(mode, f"invalid MTU '{value}' for {spelled}: give a number {MIN_MTU}-{MAX_MTU}"
+                   " or 0")
     mtu = int(value)
-    if not MIN_MTU <= mtu <= MAX_MTU:
-        raise _bad(mode, f"MTU {mtu} out of range for {spelled}: give {MIN_MTU}-{MAX_MTU}")
+    if mtu != 0 and not MIN_MTU <= mtu <= MAX_MTU:
+        raise _bad(mode, f"MTU {mtu} out of range for {spelled}: give {MIN_MTU}-{MAX_MTU} or 0")
     return mtu
 
 
@@ -582,6 +668,33 @@ def _parse_runas(mode: Mode, spelled: str, value: str) -> tuple[int, int]:
     return uid, gid
 
 
+def _parse_log_size(mode: Mode, spelled: str, value: str) -> int:
+    if not _is_number(value.strip()) or int(value) < MIN_LOG_SIZE:
+        raise _bad(mode, f"invalid size '{value}' for {spelled}: give at least "
+                   f"{MIN_LOG_SIZE} bytes")
+    return int(value)
+
+
+def _parse_fd(mode: Mode, spelled: str, value: str) -> int:
+    """-F FD: upstream refuses stdout and stderr (they stay the log's); stdin is allowed."""
+    if not _is_number(value.strip()) or int(value) > 0x7FFFFFFF or int(value) in (1, 2):
+        raise _bad(mode, f"invalid descriptor '{value}' for {spelled}: give an open descriptor "
+                   "number other than 1 and 2")
+    return int(value)
+
+
+def _parse_dns_name(mode: Mode, spelled: str, value: str, what: str) -> str:
+    """-H/--fqdn: a DNS name (labels of 1-63 bytes, at most 253), without spaces."""
+    bare = value.strip().rstrip(".")
+    labels = bare.split(".")
+    if (not bare or len(bare.encode()) > DNS_NAME_MAX or not bare.isprintable()
+            or any(c.isspace() for c in bare)
+            or any(not lab or len(lab.encode()) > DNS_LABEL_MAX for lab in labels)):
+        raise _bad(mode, f"invalid {what} '{value}' for {spelled}: give a DNS name of at most "
+                   f"{DNS_NAME_MAX} characters")
+    return bare
+
+
 def _count_other_instances(prog: str) -> int:
     """Processes other than us running `prog` (by comm, or argv[0]/argv[1] basename)."""
     me = os.getpid()
@@ -672,11 +785,40 @@ class _Values:
     runas: tuple[int, int] | None = None
     pid_file: str | None = None
     log_file: str | None = None
+    log_size: int = DEFAULT_LOG_SIZE
+    fd: int | None = None
+    conf_path: str | None = None
+    hostname: str | None = None
+    fqdn: str | None = None
+    #: per-family address options (dns-forward, dns-host, map-*, outbound), by option name
+    per_family: dict[str, dict[int, IPv4Address | IPv6Address]] = field(default_factory=dict)
+    #: address options given as "none"
+    none_given: set[str] = field(default_factory=set)
+    outbound_if4: str | None = None
+    outbound_if6: str | None = None
+    ns_mac: bytes | None = None
 
 
 #: Options that may be given once only (a second one is more likely a mistake than an override).
 _ONCE: Final = frozenset({"pcap", "mtu", "netmask", "mac-addr", "interface", "socket",
-                          "ns-ifname", "netns", "userns", "runas", "pid", "log-file"})
+                          "ns-ifname", "netns", "userns", "runas", "pid", "log-file",
+                          "log-size", "fd", "conf-path", "hostname", "fqdn", "outbound-if4",
+                          "outbound-if6", "ns-mac-addr"})
+
+#: Address options taking one address per family; what each may not be.
+#: dns-host may be loopback (the host's own stub resolver); outbound may be
+#: loopback and link-local (a source address, never handed to the guest).
+_PER_FAMILY: Final[dict[str, frozenset[str]]] = {
+    "dns-forward": frozenset({"unspecified", "multicast", "broadcast", "loopback", "IPv4-mapped"}),
+    "dns-host": frozenset({"unspecified", "multicast", "broadcast", "IPv4-mapped"}),
+    "map-host-loopback": frozenset({"unspecified", "multicast", "broadcast", "loopback",
+                                    "IPv4-mapped"}),
+    "map-guest-addr": frozenset({"unspecified", "multicast", "broadcast", "loopback",
+                                 "IPv4-mapped"}),
+    "outbound": frozenset({"unspecified", "multicast", "broadcast", "IPv4-mapped"}),
+}
+#: Of those, the ones that accept "none" (no mapping at all).
+_NONE_OK: Final = frozenset({"map-host-loopback", "map-guest-addr"})
 
 
 def _collect(mode: Mode, given: _Given) -> _Values:
@@ -785,9 +927,78 @@ def _collect(mode: Mode, given: _Given) -> _Values:
             if not value:
                 raise _bad(mode, f"empty file name for {spelled}")
             v.log_file = value
-        else:  # pragma: no cover - every REQUIRED option is handled above
-            raise AssertionError(key)
+        elif key in _PER_FAMILY:
+            _collect_per_family(mode, v, key, spelled, value)
+        else:
+            _collect_callers(mode, v, key, spelled, value)
+    _check_callers(mode, v)
+    _check_common(mode, v)
+    return v
 
+
+def _collect_callers(mode: Mode, v: _Values, key: str, spelled: str, value: str) -> None:
+    """The single-valued options of today's callers (upstream passt's syntax)."""
+    if key == "log-size":
+        v.log_size = _parse_log_size(mode, spelled, value)
+    elif key == "fd":
+        v.fd = _parse_fd(mode, spelled, value)
+    elif key == "conf-path":
+        if not value or len(value.encode()) > SUN_PATH_MAX:
+            raise _bad(mode, f"invalid socket path for {spelled}: give 1-{SUN_PATH_MAX} bytes")
+        v.conf_path = value
+    elif key == "hostname":
+        v.hostname = _parse_dns_name(mode, spelled, value, "hostname")
+    elif key == "fqdn":
+        v.fqdn = _parse_dns_name(mode, spelled, value, "FQDN")
+    elif key == "outbound-if4":
+        v.outbound_if4 = _parse_ifname(mode, spelled, value)
+    elif key == "outbound-if6":
+        v.outbound_if6 = _parse_ifname(mode, spelled, value)
+    elif key == "ns-mac-addr":
+        v.ns_mac = _parse_mac(mode, spelled, value)
+    else:  # pragma: no cover - every REQUIRED option is handled  # pragma: no cover - every REQUIRED option is handled above
+        raise AssertionError(key)
+
+
+def _collect_per_family(mode: Mode, v: _Values, key: str, spelled: str, value: str) -> None:
+    """--dns-forward, --dns-host, --map-host-loopback, --map-guest-addr, -o: one per family."""
+    if value.strip() == "none" and key in _NONE_OK:
+        if v.per_family.get(key):
+            raise _bad(mode, f"{spelled} none given together with an address; give one of them")
+        v.none_given.add(key)
+        return
+    if key in v.none_given:
+        raise _bad(mode, f"{spelled} none given together with an address; give one of them")
+    addr = _parse_ip(mode, spelled, value)
+    why = _unusable(addr, allow_link_local=True)
+    if why in _PER_FAMILY[key]:
+        raise _bad(mode, f"invalid address '{value}' for {spelled}: {why}")
+    family = addr.version
+    seen = v.per_family.setdefault(key, {})
+    if family in seen:
+        raise _bad(mode, f"{spelled} given twice for IPv{family} ({seen[family]}, {addr}); "
+                   "give one address per family")
+    seen[family] = addr
+
+
+def _check_callers(mode: Mode, v: _Values) -> None:
+    """Combinations of the callers' options that can't both hold."""
+    if "vhost-user" in v.flags:
+        raise _bad(mode, "--vhost-user is not implemented; connect QEMU to the UNIX socket "
+                   "(-netdev stream) instead")
+    if "trace" in v.flags and "quiet" in v.flags:
+        raise _bad(mode, "--trace and -q given together; give at most one")
+    if "netns-only" in v.flags and v.userns is not None:
+        raise _bad(mode, "--netns-only and --userns given together; give at most one")
+    if v.fd is not None and v.socket_path is not None:
+        raise _bad(mode, "-F and -s given together; passt serves either the socket it binds "
+                   "or the one it was given")
+    if "no-map-gw" in v.flags and v.per_family.get("map-host-loopback"):
+        raise _bad(mode, "--no-map-gw given together with --map-host-loopback ADDR; "
+                   "give one of them")
+
+
+def _check_common(mode: Mode, v: _Values) -> None:
     if v.dns_disabled and (v.dns4 or v.dns6):
         raise _bad(mode, "-D \"\" (no DNS) given together with DNS addresses; give one or the other")
     if "ipv4-only" in v.flags and "ipv6-only" in v.flags:
@@ -796,7 +1007,6 @@ def _collect(mode: Mode, given: _Given) -> _Values:
         raise _bad(mode, "-d and -q given together; give at most one")
     if v.netmask is not None and v.addr4_prefix is not None:
         raise _bad(mode, "-n given together with -a ADDR/PREFIX; give the prefix once")
-    return v
 
 
 def _port_defaults(mode: Mode, v: _Values) -> tuple[PortFwd, PortFwd, PortFwd, PortFwd]:
@@ -885,7 +1095,7 @@ def _build(mode: Mode, given: _Given, v: _Values, host: HostInfo) -> Config:
         ip6 = Ip6Config(addr=addr6, prefix_len=prefix6,
                         gateway=gw6 if gw6 is not None else FALLBACK_GW6,
                         dns=dns6, host_addr=host.addr6)
-    if ip6 is not None and v.mtu is not None and v.mtu < MIN_MTU_IPV6:
+    if ip6 is not None and v.mtu and v.mtu < MIN_MTU_IPV6:
         if ip4 is None or v6_only:
             raise _bad(mode, f"MTU {v.mtu} is below IPv6's minimum of {MIN_MTU_IPV6} and IPv4 "
                        "is off; raise -m")
@@ -937,8 +1147,8 @@ def _build(mode: Mode, given: _Given, v: _Values, host: HostInfo) -> Config:
         ip6=ip6,
         # today's passt advertises 65520 unless -m says otherwise (the EXAMPLES
         # show guests at 65520; see docs/conformance.md, opt.mtu.default-none)
-        mtu=v.mtu if v.mtu is not None else DEFAULT_TAP_MTU,
-        tap_mtu=v.mtu if v.mtu is not None else DEFAULT_TAP_MTU,
+        mtu=(v.mtu or None) if v.mtu is not None else DEFAULT_TAP_MTU,
+        tap_mtu=v.mtu or DEFAULT_TAP_MTU,
         search=search,
         tcp="no-tcp" not in v.flags,
         udp="no-udp" not in v.flags,
@@ -951,9 +1161,9 @@ def _build(mode: Mode, given: _Given, v: _Values, host: HostInfo) -> Config:
         udp_in=udp_in,
         tcp_out=tcp_out,
         udp_out=udp_out,
-        debug="debug" in v.flags,
+        debug="debug" in v.flags or "trace" in v.flags,
         quiet="quiet" in v.flags,
-        foreground="foreground" in v.flags or "debug" in v.flags,
+        foreground=bool({"foreground", "debug", "trace"} & v.flags),
         stderr="stderr" in v.flags,
         pcap=pcap,
         pid_file=v.pid_file,
@@ -966,7 +1176,43 @@ def _build(mode: Mode, given: _Given, v: _Values, host: HostInfo) -> Config:
         userns=v.userns,
         command=tuple(given.command),
         config_net="config-net" in v.flags,
+        # the callers' options, as given (their defaults are the data path's)
+        # -F: passt serves that one connection and quits after it (upstream)
+        one_off="one-off" in v.flags or (v.fd is not None and mode is Mode.PASST),
+        fd=v.fd,
+        log_size=v.log_size,
+        trace="trace" in v.flags,
+        hostname=v.hostname,
+        fqdn=v.fqdn,
+        dns_forward4=_v4(v, "dns-forward"),
+        dns_forward6=_v6(v, "dns-forward"),
+        dns_host4=_v4(v, "dns-host"),
+        dns_host6=_v6(v, "dns-host"),
+        no_map_gw="no-map-gw" in v.flags or "map-host-loopback" in v.none_given,
+        map_host_loopback4=_v4(v, "map-host-loopback"),
+        map_host_loopback6=_v6(v, "map-host-loopback"),
+        map_guest_addr4=_v4(v, "map-guest-addr"),
+        map_guest_addr6=_v6(v, "map-guest-addr"),
+        outbound4=_v4(v, "outbound"),
+        outbound6=_v6(v, "outbound"),
+        outbound_if4=v.outbound_if4,
+        outbound_if6=v.outbound_if6,
+        conf_path=v.conf_path,
+        netns_only="netns-only" in v.flags,
+        no_netns_quit="no-netns-quit" in v.flags,
+        ns_mac_addr=v.ns_mac,
+        splice="no-splice" not in v.flags,
     )
+
+
+def _v4(v: _Values, key: str) -> IPv4Address | None:
+    addr = v.per_family.get(key, {}).get(4)
+    return addr if isinstance(addr, IPv4Address) else None
+
+
+def _v6(v: _Values, key: str) -> IPv6Address | None:
+    addr = v.per_family.get(key, {}).get(6)
+    return addr if isinstance(addr, IPv6Address) else None
 
 
 def parse_args(mode: Mode, argv: list[str], *, host: HostInfo | None = None) -> Config:

@@ -201,7 +201,8 @@ class Config:
     one_off: bool = False
     #: -F/--fd: an inherited descriptor (passt: connected guest socket; pasta: tap).
     fd: int | None = None
-    #: --log-size: bound of the --log-file in bytes; None: unbounded.
+    #: --log-size: bound of the --log-file in bytes (cli: 1 MiB by default, as upstream);
+    #: None: unbounded.
     log_size: int | None = None
     #: --trace: per-packet debug messages (implies debug).
     trace: bool = False
@@ -214,9 +215,10 @@ class Config:
     #: --dns-host: where queries to dns_forward* go (default: the host's first resolver).
     dns_host4: IPv4Address | None = None
     dns_host6: IPv6Address | None = None
-    #: --no-map-gw given (equivalent to --map-host-loopback none).
+    #: --no-map-gw or --map-host-loopback none given.
     no_map_gw: bool = False
-    #: --map-host-loopback: guest-side address standing for the host's loopback; None: none.
+    #: --map-host-loopback: guest-side address standing for the host's loopback; None: not
+    #: given (or "none", then no_map_gw): the data path decides the default.
     map_host_loopback4: IPv4Address | None = None
     map_host_loopback6: IPv6Address | None = None
     #: --map-guest-addr: guest-side address standing for the host's own address the guest shadows.

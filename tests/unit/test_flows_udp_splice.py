@@ -16,7 +16,7 @@ import pytest
 from passt.config import Mode
 from passt.context import Context
 from passt.flows import udp_splice
-from passt.flows.udp import enable_pktinfo
+from passt.flows.sockets import IP_PKTINFO, enable_pktinfo
 from passt.flows.udp_splice import UDP_BATCH, UdpSpliceHandler, reply_cmsg
 from passt.loop import EVENT_READ
 from tests.unit.test_flows_udp import make_ctx, pump
@@ -238,10 +238,10 @@ def test_refused_target_counted(ub: UBench) -> None:
 
 def test_reply_cmsg_from_pktinfo() -> None:
     """Replies carry PKTINFO with the destination the peer used (IPv4 ipi_addr, IPv6 address)."""
-    v4 = (socket.IPPROTO_IP, udp_splice.IP_PKTINFO,
+    v4 = (socket.IPPROTO_IP, IP_PKTINFO,
           (1).to_bytes(4, "little") + bytes([127, 0, 0, 1]) + bytes([127, 0, 0, 2]))  # fmt: skip
     ((level, kind, data),) = reply_cmsg([v4])
-    assert (level, kind) == (socket.IPPROTO_IP, udp_splice.IP_PKTINFO)
+    assert (level, kind) == (socket.IPPROTO_IP, IP_PKTINFO)
     assert data == bytes(4) + bytes([127, 0, 0, 2]) + bytes(4)
     v6 = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, socket.inet_pton(socket.AF_INET6, "::1") + bytes(4))
     ((level, kind, data),) = reply_cmsg([v6])

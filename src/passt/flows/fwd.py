@@ -48,7 +48,7 @@ from typing import Final, Protocol
 
 from passt.config import FwdMode, PortFwd
 from passt.context import Context
-from passt.flows.udp import SocketFactory, enable_pktinfo
+from passt.flows.sockets import SocketFactory, enable_pktinfo
 from passt.loop import EVENT_READ, Timer
 
 log = logging.getLogger("passt")

@@ -46,17 +46,9 @@ from typing import Final
 
 from passt.context import Context
 from passt.flows import nat
+from passt.flows.sockets import SOCK_FAMILY, SocketFactory, dst_forwardable, link_scope, sockaddr_of
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
-from passt.flows.udp import (
-    L4_OFF6,
-    SOCK_FAMILY,
-    SocketFactory,
-    dst_not_forwardable,
-    ip4_fixed_sum,
-    link_scope,
-    sockaddr_of,
-    write_l2l3,
-)
+from passt.flows.udp import L4_OFF6, ip4_fixed_sum, write_l2l3
 from passt.loop import EVENT_READ, Timer
 from passt.wire.checksum import csum_partial, finish, pseudo_sum6
 from passt.wire.icmp import (
@@ -195,7 +187,7 @@ class IcmpHandler:
         """A new echo flow with a ping socket bound to the guest's identifier; None: dropped."""
         af, ident, dst = key
         counters = self.ctx.counters
-        if dst_not_forwardable(af, dst):
+        if not dst_forwardable(af, dst):
             counters.drop("icmp_dst_invalid")
             return None
         if not self.loopback_dst and nat.is_loopback(af, dst):
@@ -227,7 +219,7 @@ class IcmpHandler:
             fallback = True
             counters.event("icmp_id_fallback")
         flow = IcmpFlow(key, sock, guest_addr=src, fallback=fallback, now=now,
-                        scope=link_scope(self.ctx, af, dst))  # fmt: skip
+                        scope=link_scope(self.ctx.conf.out_ifname, af, dst))  # fmt: skip
         self.flows.add(key, flow)
         self.ctx.loop.register(sock.fileno(), EVENT_READ, lambda _m, t: self._sock_ready(flow, t))
         counters.event("icmp_flow")

@@ -35,8 +35,8 @@ was idle UDP_EVICT_UNANSWERED_S, or was idle UDP_EVICT_IDLE_S whatever it got
 flooding guest cannot lock itself out of new flows (DNS!) for 180 s; at most UDP_BATCH datagrams are read per readiness event so
 one busy socket cannot starve the loop; datagrams that would not fit the tap
 MTU are dropped and counted; the table is bounded (full: drop and count).
-Guest traffic to multicast/broadcast/unspecified destinations is dropped,
-and so is traffic to loopback destinations unless `loopback_dst` is set
+Guest traffic to destinations that are not unicast is dropped
+(`sockets.dst_forwardable`), and so is traffic to loopback destinations unless `loopback_dst` is set
 (a guest never legitimately addresses our loopback; letting it would open
 host-loopback-only services, which the NOTES rule keeps closed).  DHCP and
 DHCPv6 server ports belong to the services (the dispatcher sends them there);
@@ -51,11 +51,24 @@ import logging
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Set
+from collections.abc import Set
 from typing import Final
 
 from passt.context import Context
 from passt.flows import nat
+from passt.flows.sockets import (
+    PKTINFO_SPACE,
+    SOCK_FAMILY,
+    Ancillary,
+    SockAddr,
+    SocketFactory,
+    dst_forwardable,
+    link_scope,
+    parse_sockaddr,
+    pktinfo_addr,
+    pktinfo_cmsg,
+    sockaddr_of,
+)
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
 from passt.loop import EVENT_READ, Timer
 from passt.wire.checksum import csum_partial, finish, pseudo_sum4, pseudo_sum6
@@ -87,25 +100,14 @@ PAYLOAD_OFF: Final = L4_OFF6 + UDP_HLEN
 MAX_PAYLOAD4: Final = 65535 - 20 - UDP_HLEN
 MAX_PAYLOAD6: Final = 65535 - UDP_HLEN
 
-#: Linux IP_PKTINFO (not exported by Python's socket module).
-IP_PKTINFO: Final = 8
-_ANC_SIZE: Final = socket.CMSG_SPACE(20)
 
 _UDP: Final = struct.Struct("!HHHH")
 _CSUM: Final = struct.Struct("!H")
 _ETH_IP4: Final = struct.Struct("!6s6sHBBHHHBBH4s4s")
 _ETH_IP6: Final = struct.Struct("!6s6sHIHBB16s16s")
-_IN6_PKTINFO: Final = struct.Struct("16sI")
-_IN_PKTINFO: Final = struct.Struct("i4s4s")
 
 _DHCP_PORT4: Final = 67
 _DHCP_PORT6: Final = 547
-
-#: An address family as the dispatcher gives it (4 or 6) to the socket family.
-SOCK_FAMILY: Final = {4: socket.AF_INET, 6: socket.AF_INET6}
-
-SocketFactory = Callable[[int, int, int], socket.socket]
-
 
 def ip4_fixed_sum(src: bytes, dst: bytes, proto: int) -> int:
     """One's complement sum of the IPv4 header words that do not change per frame.
@@ -144,56 +146,6 @@ def write_l2l3(
     return 0
 
 
-def sockaddr_of(
-    af: int, addr: bytes, port: int, scope: int = 0
-) -> tuple[str, int] | tuple[str, int, int, int]:
-    """A Python socket address for a packed address."""
-    if af == 4:
-        return (socket.inet_ntop(socket.AF_INET, addr), port)
-    return (socket.inet_ntop(socket.AF_INET6, addr), port, 0, scope)
-
-
-def parse_sockaddr(sa: tuple[str, int] | tuple[str, int, int, int]) -> tuple[int, bytes, int]:
-    """(af, packed address, port) from a socket address, IPv4-mapped unmapped."""
-    host = sa[0]
-    if ":" not in host:
-        return 4, socket.inet_pton(socket.AF_INET, host), sa[1]
-    if "%" in host:
-        host = host.split("%", 1)[0]
-    af, packed = nat.unmap_v4(socket.inet_pton(socket.AF_INET6, host))
-    return af, packed, sa[1]
-
-
-def enable_pktinfo(sock: socket.socket) -> None:
-    """Ask for the destination address of each datagram on a UDP listener.
-
-    The -u path needs it to translate loopback destinations (and to pick the
-    IPv6 link-local address) and to send replies from that same address.  On
-    a dual-stack socket IPV6_RECVPKTINFO also covers IPv4 (as v4-mapped).
-    """
-    if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-    else:
-        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-
-
-def dst_not_forwardable(af: int, dst: bytes) -> bool:
-    """Multicast, broadcast, unspecified or IPv4-mapped destinations we never forward."""
-    if af == 4:
-        return dst[0] >= 224 or dst == b"\0\0\0\0"
-    return dst[0] == 0xFF or dst == bytes(16) or dst[:12] == nat.V4MAPPED_PREFIX
-
-
-def link_scope(ctx: Context, af: int, addr: bytes) -> int:
-    """Scope id for a link-local IPv6 destination: the host's outbound interface."""
-    if af != 6 or not nat.is_link_local6(addr):
-        return 0
-    try:
-        return socket.if_nametoindex(ctx.conf.out_ifname)
-    except OSError:
-        return 0
-
-
 class UdpFlow:
     """One UDP flow: guest-side tuple, host socket, precomputed header sums."""
 
@@ -209,8 +161,8 @@ class UdpFlow:
         *,
         inbound: bool,
         now: float,
-        host_peer: tuple[str, int] | tuple[str, int, int, int] | None = None,
-        cmsg: list[tuple[int, int, bytes]] | None = None,
+        host_peer: SockAddr | None = None,
+        cmsg: Ancillary | None = None,
     ) -> None:
         af, gaddr, gport, paddr, pport = key
         self.key = key
@@ -317,7 +269,7 @@ class UdpHandler:
         if dport == 0 or sport == 0:
             counters.drop("udp_port_zero")
             return None
-        if dst_not_forwardable(af, dst):
+        if not dst_forwardable(af, dst):
             counters.drop("udp_dst_invalid")
             return None
         if not self.loopback_dst and nat.is_loopback(af, dst):
@@ -339,7 +291,7 @@ class UdpHandler:
                 return None
         try:
             sock.setblocking(False)
-            sock.connect(sockaddr_of(af, dst, dport, link_scope(self.ctx, af, dst)))
+            sock.connect(sockaddr_of(af, dst, dport, link_scope(self.ctx.conf.out_ifname, af, dst)))
         except OSError:
             sock.close()
             counters.drop("udp_connect_error")
@@ -384,7 +336,7 @@ class UdpHandler:
         counters = self.ctx.counters
         for _ in range(UDP_BATCH):
             try:
-                n, anc, flags, peer = sock.recvmsg_into(rx_list, _ANC_SIZE, 0)
+                n, anc, flags, peer = sock.recvmsg_into(rx_list, PKTINFO_SPACE, 0)
             except BlockingIOError:
                 return
             except OSError:
@@ -414,8 +366,8 @@ class UdpHandler:
         af: int,
         paddr: bytes,
         pport: int,
-        peer: tuple[str, int] | tuple[str, int, int, int],
-        anc: list[tuple[int, int, bytes]],
+        peer: SockAddr,
+        anc: Ancillary,
         now: float,
     ) -> UdpFlow | None:
         """Find or create the inbound flow for a datagram from `peer`; None: dropped."""
@@ -432,13 +384,12 @@ class UdpHandler:
         if len(self.flows) >= self.flows.capacity:
             ctx.counters.drop("udp_flow_table_full")
             return None
-        if sock.family == socket.AF_INET6:
-            full = ldst if af == 6 else nat.V4MAPPED_PREFIX + ldst
-            cmsg = [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, _IN6_PKTINFO.pack(full, 0))]
-        else:
-            cmsg = [(socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, ldst, bytes(4)))]
-        if dst_not_forwardable(af, ldst):
+        if not dst_forwardable(af, ldst):
             cmsg = []
+        elif sock.family == socket.AF_INET6:
+            cmsg = pktinfo_cmsg(socket.IPPROTO_IPV6, ldst if af == 6 else nat.V4MAPPED_PREFIX + ldst)
+        else:
+            cmsg = pktinfo_cmsg(socket.IPPROTO_IP, ldst)
         flow = UdpFlow(key, sock, inbound=True, now=now, host_peer=peer, cmsg=cmsg)
         self.flows.add(key, flow)
         ctx.counters.event("udp_flow_in")
@@ -446,13 +397,12 @@ class UdpHandler:
         return flow
 
     @staticmethod
-    def _local_dst(sock: socket.socket, af: int, anc: list[tuple[int, int, bytes]]) -> bytes:
+    def _local_dst(sock: socket.socket, af: int, anc: Ancillary) -> bytes:
         """The address the peer sent to: from PKTINFO, else the listener's bound address."""
-        for level, kind, data in anc:
-            if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
-                return nat.unmap_v4(bytes(data[:16]))[1]
-            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-                return bytes(data[8:12])
+        info = pktinfo_addr(anc)
+        if info is not None:
+            level, addr = info
+            return nat.unmap_v4(addr)[1] if level == socket.IPPROTO_IPV6 else addr
         try:
             name = sock.getsockname()
             return parse_sockaddr(name)[1]

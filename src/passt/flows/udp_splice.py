@@ -46,20 +46,26 @@ from __future__ import annotations
 import errno
 import functools
 import socket
-import struct
-from collections.abc import Callable
 from typing import Final
 
 from passt.context import Context
 from passt.flows.fwd import UdpListenHandler
+from passt.flows.sockets import (
+    LOOPBACK4,
+    LOOPBACK6,
+    PKTINFO_SPACE,
+    Ancillary,
+    SockAddr,
+    SocketFactory,
+    is_loopback_peer,
+    peer_family,
+    pktinfo_addr,
+    pktinfo_cmsg,
+)
 from passt.flows.table import FlowTable, expire_idle
-from passt.flows.tcp_splice import LOOPBACK4, LOOPBACK6, is_loopback_peer, peer_family
 from passt.loop import EVENT_READ, Timer
 
-#: Creates a socket on the target side: (family, type, proto).
-SocketFactory = Callable[[int, int, int], socket.socket]
-PeerAddr = tuple[str, int] | tuple[str, int, int, int]
-FlowKey = tuple[int, PeerAddr]
+FlowKey = tuple[int, SockAddr]
 
 #: Idle timeout of a spliced UDP flow (as udp.py and upstream).
 UDP_TIMEOUT_S: Final = 180.0
@@ -72,26 +78,16 @@ UDP_SPLICE_MAX: Final = 4096
 #: Largest datagram payload (IPv6 jumbograms aside).
 BUF_BYTES: Final = 65535
 
-#: Linux IP_PKTINFO (not exported by Python's socket module).
-IP_PKTINFO: Final = 8
-_ANC_SIZE: Final = socket.CMSG_SPACE(20)
-_IN6_PKTINFO: Final = struct.Struct("16sI")
-_IN_PKTINFO: Final = struct.Struct("i4s4s")
 
-
-def reply_cmsg(anc: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+def reply_cmsg(anc: Ancillary) -> Ancillary:
     """Ancillary data making a reply leave from the address the datagram was sent to.
 
     Built from the PKTINFO the listener received; empty when there was none
     (the kernel then picks the source, which for a listener bound to one
     address is that address).
     """
-    for level, kind, data in anc:
-        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
-            return [(level, kind, _IN6_PKTINFO.pack(bytes(data[:16]), 0))]
-        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-            return [(level, kind, _IN_PKTINFO.pack(0, bytes(data[8:12]), bytes(4)))]
-    return []
+    info = pktinfo_addr(anc)
+    return [] if info is None else pktinfo_cmsg(*info)
 
 
 class UdpSpliceFlow:
@@ -100,8 +96,8 @@ class UdpSpliceFlow:
     __slots__ = ("key", "lsock", "peer", "sock", "fd", "cmsg", "last")
 
     def __init__(
-        self, key: FlowKey, lsock: socket.socket, peer: PeerAddr, sock: socket.socket,
-        cmsg: list[tuple[int, int, bytes]], now: float,
+        self, key: FlowKey, lsock: socket.socket, peer: SockAddr, sock: socket.socket,
+        cmsg: Ancillary, now: float,
     ) -> None:  # fmt: skip
         self.key = key
         #: Our listener: replies leave from it.
@@ -164,7 +160,7 @@ class UdpSpliceHandler:
                     fallback.listen_ready(lsock, target_port, now)
                     return
             try:
-                n, anc, flags, peer = lsock.recvmsg_into(self._rx_list, _ANC_SIZE, 0)
+                n, anc, flags, peer = lsock.recvmsg_into(self._rx_list, PKTINFO_SPACE, 0)
             except BlockingIOError:
                 return
             except OSError:
@@ -188,8 +184,8 @@ class UdpSpliceHandler:
                 counters.drop(f"{self.name}_refused" if e.errno == errno.ECONNREFUSED else f"{self.name}_send")
 
     def _open(
-        self, key: FlowKey, lsock: socket.socket, peer: PeerAddr,
-        anc: list[tuple[int, int, bytes]], target_port: int, now: float,
+        self, key: FlowKey, lsock: socket.socket, peer: SockAddr,
+        anc: Ancillary, target_port: int, now: float,
     ) -> UdpSpliceFlow | None:  # fmt: skip
         """A new flow with its own connected socket on the other side; None: dropped."""
         counters = self.ctx.counters

@@ -38,6 +38,9 @@ ARGV_RECORD_DIR = Path(os.environ.get("PASST_CALLERS_ARGV_DIR", "/tmp/passt-call
 """Where each test leaves the argv its caller passed (JSON), for docs/callers.md."""
 PODMAN_ENV = {"PODMAN_IGNORE_CGROUPSV1_WARNING": "1"}
 IMAGE = "localhost/bb"
+CALLER_TIMEOUT_S = 60.0
+"""How long `podman run` or `virsh create` may take (C's: about 1 s): a caller that never returns
+is a failure of the program it waits for (not forking to the background once ready)."""
 GONE_TIMEOUT_S = 15.0
 """How long a pasta or passt may take to quit once its container or domain is gone."""
 
@@ -68,7 +71,9 @@ def trixie_root() -> Path:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_wheel(tmp_path_factory.mktemp("wheel"))
+    """Our project as a wheel: this checkout's, or ``$PASST_CALLERS_WHEEL`` (another build to try)."""
+    given = os.environ.get("PASST_CALLERS_WHEEL")
+    return Path(given) if given else build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture
@@ -107,8 +112,13 @@ def import_busybox_image(root: RootSession) -> None:
     root.check(["sh", "-c", script], user=True, env=PODMAN_ENV)
 
 
-def podman(root: RootSession, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return root.run(["podman", *args], user=True, env=PODMAN_ENV, timeout=timeout)
+def podman(root: RootSession, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run podman as the unprivileged user; a podman that does not return fails with what pasta got."""
+    try:
+        return root.run(["podman", *args], user=True, env=PODMAN_ENV, timeout=CALLER_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"podman {' '.join(args)} did not return in {CALLER_TIMEOUT_S:.0f} s; pasta argv: "
+                    f"{recorded(root.shared, 'pasta')}; processes: {root.processes('pasta')}")
 
 
 @pytest.mark.xdist_group("trixie")

@@ -39,7 +39,7 @@ PACKAGES: Final = (
 )
 """What the callers need; numpy and pyroute2 are the project's own dependencies, from trixie."""
 CACHE_ROOT: Final = Path(os.environ.get("PASST_TRIXIE_CACHE", "/var/cache/passt-py"))
-SETUP_VERSION: Final = "1"
+SETUP_VERSION: Final = "2"
 """Bumped when :func:`_configure` changes, so a cached root configured the old way is rebuilt."""
 USER: Final = "tester"
 """The unprivileged user that runs rootless Podman inside the root."""

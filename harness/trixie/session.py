@@ -36,7 +36,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Final
 
@@ -83,11 +83,22 @@ exec /usr/bin/catatonit -P
 """
 
 
-class RootSession:
-    """The trixie root entered once; :meth:`run` and :meth:`popen` run commands inside.
+@contextlib.contextmanager
+def entered(root: Path, netns: str) -> Iterator[RootSession]:
+    """The root entered in `netns` for the ``with`` block; closed after it, also on failure."""
+    session = RootSession(root, netns)
+    try:
+        session.start()
+        yield session
+    finally:
+        session.close()
 
-    A context manager: leaving it kills PID 1 of the root's PID namespace (so every process
-    started inside), waits for the tree and removes the session's directories.
+
+class RootSession:
+    """The trixie root entered once (:meth:`start`); :meth:`run` and :meth:`popen` run commands inside.
+
+    :meth:`close` kills PID 1 of the root's PID namespace (so every process started inside),
+    waits for the tree and removes the session's directories; :func:`entered` pairs the two.
     """
 
     def __init__(self, root: Path, netns: str) -> None:
@@ -101,17 +112,6 @@ class RootSession:
         self._holder: subprocess.Popen[bytes] | None = None
         self.init_pid = 0
         self._stderr_path = self.base / "enter.stderr"
-
-    def __enter__(self) -> RootSession:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def start(self) -> None:
         argv = [

@@ -28,8 +28,8 @@ from harness.qemu.guest import QemuGuest
 from harness.trixie.callers import Impl, install_wrappers, recorded
 from harness.trixie.libvirt import LibvirtGuest, start_libvirtd
 from harness.trixie.root import build_wheel, ensure_root
-from harness.trixie.session import RootSession
-from tests.integration.conftest import need, wait_until
+from harness.trixie.session import RootSession, entered
+from tests.integration.conftest import accepts_unix, need, wait_until
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(900)]
 
@@ -92,7 +92,7 @@ def root(request: pytest.FixtureRequest, topo: Topology, trixie_root: Path, whee
     impl: Impl = request.param
     topo.popen(topo.wan, [sys.executable, "-m", "harness.trixie.dnsserver", DNS_ADDR4, DNS_ADDR6])
     topo.wait_listening(topo.wan, 53, udp=True, count=2)
-    with RootSession(trixie_root, topo.host) as session:
+    with entered(trixie_root, topo.host) as session:
         if impl is Impl.OURS:
             session.install_project(wheel)
         install_wrappers(session.shared, impl)
@@ -205,9 +205,13 @@ def test_c_qrap_with_passt(topo: Topology, impl: Impl, passt_bin: str) -> None:
     """Debian's C qrap (its ARP probe of /tmp/passt_N.socket) connects QEMU to passt: the guest leases the host's address."""
     qrap = need("/usr/bin/qrap")
     binary = need("/usr/bin/passt") if impl is Impl.C else passt_bin
+    if not accepts_unix("/tmp/passt_1.socket"):
+        # a stale root-owned file left by an earlier passt: C passt binds after dropping to nobody
+        # and could not replace it in sticky /tmp
+        Path("/tmp/passt_1.socket").unlink(missing_ok=True)
     proc = topo.popen(topo.host, [binary, "-f", "-s", "/tmp/passt_1.socket"])
     try:
-        wait_until(lambda: os.path.exists("/tmp/passt_1.socket"), 10, "passt bound /tmp/passt_1.socket")
+        wait_until(lambda: accepts_unix("/tmp/passt_1.socket"), 10, "passt accepts on /tmp/passt_1.socket")
         net = ["-net", "socket,fd=5", "-net", "nic,model=virtio,macaddr=52:54:00:12:34:56"]
         # C qrap takes QEMU_CMD only as a bare name it knows (a path makes it patch the command
         # line for a qemu it looks up itself): the shell drops the harness's path to QEMU

@@ -38,8 +38,9 @@ Decisions the man page leaves open, made here:
 * IPv6 gateway: -g, else the host's default gateway, else (a default route
   without a gateway) fe80::1.
 * DNS: -D repeatable, per family by address; `-D ""` alone disables DNS.
-  Without -D, passt sends the resolv.conf nameservers minus loopback ones
-  (a guest can't reach the host's 127.0.0.53 stub); pasta sends none.
+  Without -D, passt sends the resolv.conf nameservers, loopback ones (a guest
+  can't reach the host's 127.0.0.53 stub) replaced by --dns-forward, else
+  --map-host-loopback, else left out (flows/outbound.py); pasta sends none.
   Search: -S space-separated, repeatable, `-S ""` disables; without it passt
   sends the resolv.conf list, pasta none.
 * Port forwarding: -t/-u/-T/-U repeatable when each is a list (`-t 22 -t 80`
@@ -112,6 +113,7 @@ from passt.config import (
     Mode,
     PortFwd,
 )
+from passt.flows.outbound import advertised_dns
 from passt.hostinfo import HostInfo, discover
 from passt.ports import ConfigError, follow, merge_port_fwd, parse_port_spec
 
@@ -1066,7 +1068,7 @@ def _build(mode: Mode, given: _Given, v: _Values, host: HostInfo) -> Config:
         if v.dns_given:
             dns4 = tuple(v.dns4)
         elif mode is Mode.PASST:
-            dns4 = tuple(a for a in host.dns4 if not a.is_loopback)
+            dns4 = advertised_dns(host.dns4, _v4(v, "dns-forward"), _v4(v, "map-host-loopback"))
         else:
             dns4 = ()
         ip4 = Ip4Config(addr=addr4, prefix_len=prefix4,
@@ -1088,7 +1090,7 @@ def _build(mode: Mode, given: _Given, v: _Values, host: HostInfo) -> Config:
         if v.dns_given:
             dns6 = tuple(v.dns6)
         elif mode is Mode.PASST:
-            dns6 = tuple(a for a in host.dns6 if not a.is_loopback)
+            dns6 = advertised_dns(host.dns6, _v6(v, "dns-forward"), _v6(v, "map-host-loopback"))
         else:
             dns6 = ()
         gw6 = v.gw6 if v.gw6 is not None else host.gw6

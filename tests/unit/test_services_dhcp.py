@@ -351,3 +351,20 @@ def test_fuzz_never_raises() -> None:
     ]
     replies = fuzz(svc.handle, seeds, count=4000, seed=2)
     assert replies > 0
+
+
+@pytest.mark.conformance("callers.hostname", "callers.fqdn")
+def test_hostname_and_fqdn_options() -> None:
+    """-H sends option 12; --fqdn option 81: flags E, RCODEs 255, the name in wire format."""
+    svc, _, _, _ = service(hostname="guest1", fqdn="guest1.example.org")
+    opts = options_of(reply(svc, client("discover")))
+    assert opts["hostname"] == b"guest1"
+    assert opts["client_FQDN"] == b"\x04\xff\xff\x06guest1\x07example\x03org\x00"
+    opts = options_of(reply(svc, request_for()))
+    assert opts["hostname"] == b"guest1" and opts["client_FQDN"][3:4] == b"\x06"
+    svc, _, _, _ = service()
+    opts = options_of(reply(svc, client("discover")))
+    assert "hostname" not in opts and "client_FQDN" not in opts
+    # a name DNS can't carry is left out, never sent broken
+    svc, _, _, _ = service(fqdn="a..b")
+    assert "client_FQDN" not in options_of(reply(svc, client("discover")))

@@ -19,6 +19,7 @@ from scapy.layers.dhcp6 import (
     DHCP6_Reply,
     DHCP6_Request,
     DHCP6_Solicit,
+    DHCP6OptClientFQDN,
     DHCP6OptClientId,
     DHCP6OptDNSDomains,
     DHCP6OptDNSServers,
@@ -296,3 +297,20 @@ def test_fuzz_never_raises() -> None:
     ]
     replies = fuzz(svc.handle, seeds, count=4000, seed=4)
     assert replies > 0
+
+
+@pytest.mark.conformance("callers.fqdn")
+def test_fqdn_option_39() -> None:
+    """--fqdn sends option 39 in wire format; flag O when the client set S (we never update DNS)."""
+    svc, _, _, _ = service(fqdn="guest1.example.org")
+    out = svc.handle(memoryview(solicit()))
+    assert out is not None
+    pkt = Ether(out)
+    fqdn = pkt[DHCP6OptClientFQDN]
+    assert fqdn.fqdn == b"guest1.example.org." and fqdn.flags == 0
+    out = svc.handle(memoryview(solicit(DHCP6OptClientFQDN(flags=1, fqdn="x.example."))))
+    assert out is not None
+    assert Ether(out)[DHCP6OptClientFQDN].flags == 2
+    svc, _, _, _ = service()
+    pkt = answer(svc, solicit())
+    assert DHCP6OptClientFQDN not in pkt

@@ -46,6 +46,7 @@ from typing import Final
 
 from passt.context import Context
 from passt.flows import nat
+from passt.flows.outbound import Outbound
 from passt.flows.sockets import SOCK_FAMILY, SocketFactory, dst_forwardable, link_scope, sockaddr_of
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
 from passt.flows.udp import L4_OFF6, ip4_fixed_sum, write_l2l3
@@ -141,6 +142,8 @@ class IcmpHandler:
         self.timer_interval_s = timer_interval_s
         self.loopback_dst = loopback_dst
         self._socket = socket_factory
+        #: Where new echo flows really go, and from which source (flows/outbound.py).
+        self._out = Outbound.from_config(ctx.conf)
         self.flows: FlowTable[tuple[int, int, bytes], IcmpFlow] = FlowTable(capacity)
         self._timer: Timer | None = None
         self._buf = bytearray(L4_OFF6 + 65535)
@@ -198,6 +201,7 @@ class IcmpHandler:
             return None
         family = SOCK_FAMILY[af]
         proto = socket.IPPROTO_ICMP if af == 4 else socket.IPPROTO_ICMPV6
+        real = self._out.target(af, dst, 0, dns=False)
         try:
             sock = self._socket(family, socket.SOCK_DGRAM, proto)
         except OSError as e:
@@ -213,13 +217,20 @@ class IcmpHandler:
             # Ping sockets are created shareable (SO_REUSEADDR set): two sockets on
             # one identifier would then see each other's replies, so refuse to share.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
-            sock.bind(("0.0.0.0", ident) if af == 4 else ("::", ident, 0, 0))
+            self._out.bind_icmp(sock, af, real, ident)
         except OSError:
             # Stay unbound: the kernel picks a free identifier on first send.
             fallback = True
             counters.event("icmp_id_fallback")
+            try:  # but -o/--outbound-if* still hold (identifier 0: the kernel's choice)
+                self._out.bind_icmp(sock, af, real, 0)
+            except OSError:
+                sock.close()
+                counters.drop("icmp_outbound_bind")
+                return None
         flow = IcmpFlow(key, sock, guest_addr=src, fallback=fallback, now=now,
                         scope=link_scope(self.ctx.conf.out_ifname, af, dst))  # fmt: skip
+        flow.sockaddr = sockaddr_of(af, real, 0, link_scope(self.ctx.conf.out_ifname, af, real))
         self.flows.add(key, flow)
         self.ctx.loop.register(sock.fileno(), EVENT_READ, lambda _m, t: self._sock_ready(flow, t))
         counters.event("icmp_flow")

@@ -26,11 +26,26 @@ martians, and could not route answers back, so:
             -> otherwise unchanged: new guest traffic to the gateway goes to
                the gateway itself.
 
-Decision recorded here: the man page text is the rule.  Later upstream
-versions map the gateway address to the host by default (so a guest reaches
-host services by talking to the gateway); we deliberately do not, because
-the man page we implement says the mapping holds only for replies, and
-because it keeps host-loopback-only services closed to an unprompted guest.
+Decision recorded here: the man page text is the rule, also by default
+under today's options.  Later upstream versions map the gateway address to
+the host by default (so a guest reaches host services by talking to the
+gateway; --no-map-gw or `--map-host-loopback none` turn that off); we
+deliberately do not, because the man page we implement says the mapping
+holds only for replies, because it keeps host-loopback-only services closed
+to an unprompted guest, and because the callers that matter state their
+choice anyway (Podman passes --no-map-gw).  So --no-map-gw and
+`--map-host-loopback none` change nothing here, and upstream's default is
+`--map-host-loopback GATEWAY` (docs/conformance_catalogue.toml,
+callers.map-host-loopback).  When the options are given, upstream's rules apply
+on top of the ones above:
+
+    host -> guest, source 127.0.0.1 / ::1    -> --map-host-loopback, if given
+                   source == the guest's assigned address (the host's own
+                   address the guest shadows)  -> --map-guest-addr, if given
+    guest -> host (new flows: flows/outbound.py)
+                   --map-host-loopback -> 127.0.0.1 / ::1
+                   --map-guest-addr    -> the guest's assigned address
+                   --dns-forward (TCP/UDP port 53, 853) -> --dns-host
 
 The functions are pure: they take the configuration, the observed guest state
 and `local_addrs`, the set of every address the host owns (packed bytes), and
@@ -47,6 +62,7 @@ from typing import Final
 from passt.config import Config
 from passt.guest import GuestState
 
+_LOOPBACK4: Final = b"\x7f\x00\x00\x01"
 _LOOPBACK6: Final = bytes(15) + b"\x01"
 _ANY4: Final = bytes(4)
 _ANY6: Final = bytes(16)
@@ -86,10 +102,25 @@ def host_src_to_guest(conf: Config, af: int, src: bytes, local_addrs: Set[bytes]
     """Source address the guest sees for host-side traffic from `src`.
 
     A loopback or local source becomes the default gateway of the family;
-    anything else is unchanged (also when no gateway is configured).
+    anything else is unchanged (also when no gateway is configured).  With
+    --map-host-loopback, 127.0.0.1 / ::1 (exactly, as upstream) become that
+    address instead; with --map-guest-addr, the guest's assigned address
+    (the host's own, which the guest shadows) becomes that address.
     """
     if not is_local(af, src, local_addrs):
         return src
+    if af == 4:
+        if src == _LOOPBACK4 and conf.map_host_loopback4 is not None:
+            return conf.map_host_loopback4.packed
+        if (conf.map_guest_addr4 is not None and conf.ip4 is not None
+                and src == conf.ip4.addr.packed):
+            return conf.map_guest_addr4.packed
+    else:
+        if src == _LOOPBACK6 and conf.map_host_loopback6 is not None:
+            return conf.map_host_loopback6.packed
+        if (conf.map_guest_addr6 is not None and conf.ip6 is not None
+                and src == conf.ip6.addr.packed):
+            return conf.map_guest_addr6.packed
     gw = gateway_of(conf, af)
     return src if gw is None else gw
 
@@ -124,6 +155,9 @@ def guest_dst_to_host(conf: Config, af: int, dst: bytes, origin: bytes | None) -
     if origin is None or origin == dst:
         return dst
     if dst == gateway_of(conf, af):
+        return origin
+    mapped = conf.map_host_loopback4 if af == 4 else conf.map_host_loopback6
+    if mapped is not None and dst == mapped.packed:
         return origin
     return dst
 

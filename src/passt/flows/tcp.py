@@ -101,6 +101,7 @@ from typing import Final
 
 from passt.context import Context
 from passt.flows import nat
+from passt.flows.outbound import Outbound
 from passt.flows.table import FLOW_MAX, FlowTable
 from passt.flows.tcp_frames import FrameRing, FrameTemplate, build_control, gso_payload_cap
 from passt.loop import EVENT_READ, Timer
@@ -375,6 +376,8 @@ class TcpHandler:
         self._our_mss4 = max(64, min(65535, conf.tap_mtu - 40))
         self._our_mss6 = max(64, min(65535, conf.tap_mtu - 60))
         self._enabled = conf.tcp
+        #: Where new guest connections really go, and from which source (flows/outbound.py).
+        self._out = Outbound.from_config(conf)
 
     # public ----------------------------------------------------------------
     def flow_count(self) -> int:
@@ -471,13 +474,14 @@ class TcpHandler:
         if sock.gettimeout() != 0.0:
             sock.setblocking(False)
         self._tune(sock)
-        host = socket.inet_ntop(family, dst)
+        real = self._out.target(af, dst, seg.dport, dns=True)
+        host = socket.inet_ntop(family, real)
         addr: tuple[str, int] | tuple[str, int, int, int]
         if af == 4:
             addr = (host, seg.dport)
         else:
-            addr = (host, seg.dport, 0, self._scope(dst))
-        rc = sock.connect_ex(addr)
+            addr = (host, seg.dport, 0, self._scope(real))
+        rc = self._out.connect_ex(sock, af, real, addr)
         if rc not in (0, errno.EINPROGRESS):
             sock.close()
             counters.event("tcp_connect_failed")

@@ -56,6 +56,7 @@ from typing import Final
 
 from passt.context import Context
 from passt.flows import nat
+from passt.flows.outbound import Outbound
 from passt.flows.sockets import (
     PKTINFO_SPACE,
     SOCK_FAMILY,
@@ -212,6 +213,8 @@ class UdpHandler:
         #: Allow guest datagrams to loopback destinations (tests; see module doc).
         self.loopback_dst = loopback_dst
         self._socket = socket_factory
+        #: Where new guest flows really go, and from which source (flows/outbound.py).
+        self._out = Outbound.from_config(ctx.conf)
         self.flows: FlowTable[tuple[int, bytes, int, bytes, int], UdpFlow] = FlowTable(capacity)
         self._timer: Timer | None = None
         self._buf = bytearray(PAYLOAD_OFF + MAX_PAYLOAD6)
@@ -289,9 +292,11 @@ class UdpHandler:
             except OSError:
                 counters.drop("udp_socket_error")
                 return None
+        real = self._out.target(af, dst, dport, dns=True)
         try:
             sock.setblocking(False)
-            sock.connect(sockaddr_of(af, dst, dport, link_scope(self.ctx.conf.out_ifname, af, dst)))
+            self._out.connect(sock, af, real, sockaddr_of(af, real, dport,
+                                                          link_scope(self.ctx.conf.out_ifname, af, real)))
         except OSError:
             sock.close()
             counters.drop("udp_connect_error")

@@ -15,7 +15,9 @@ never renew.
 Options sent (those we have a value for): 53 message type, 54 server
 identifier, 51 lease time (not to INFORM), 1 netmask, 3 router (when a
 gateway is configured), 6 DNS (when any), 119 search list (when any, RFC 3397
-with RFC 1035 compression), 26 MTU (when -m was given).  RFC 2131 section
+with RFC 1035 compression), 26 MTU (when -m was given), 12 host name (-H) and
+81 client FQDN (--fqdn; RFC 4702: flags E, RCODEs 255, the name in wire
+format), as upstream sends them: whether or not the client asked.  RFC 2131 section
 4.3.1 says a server MUST send the options the client asked for (option 55)
 that it has, and MAY send others; clients such as udhcpc and dhclient accept
 unrequested ones, so we always send everything we have, requested ones first
@@ -65,8 +67,10 @@ from passt.wire.dhcp import (
     DHCPREQUEST,
     FLAG_BROADCAST,
     HTYPE_ETHER,
+    OPT_CLIENT_FQDN,
     OPT_DNS,
     OPT_DOMAIN_SEARCH,
+    OPT_HOSTNAME,
     OPT_LEASE_TIME,
     OPT_MAX_MSG_SIZE,
     OPT_MSG_TYPE,
@@ -78,6 +82,7 @@ from passt.wire.dhcp import (
     OPT_SERVER_ID,
     DhcpMessage,
     build_dhcp,
+    encode_client_fqdn,
     encode_domain_names,
     encode_options,
     parse_dhcp,
@@ -150,6 +155,11 @@ class DhcpService:
             self._optional.append((OPT_DOMAIN_SEARCH, search))
         if conf.mtu is not None:
             self._optional.append((OPT_MTU, struct.pack("!H", min(conf.mtu, 0xFFFF))))
+        if conf.hostname:
+            self._optional.append((OPT_HOSTNAME, conf.hostname.encode("ascii", "replace")))
+        fqdn = encode_client_fqdn(conf.fqdn) if conf.fqdn else None
+        if fqdn is not None:
+            self._optional.append((OPT_CLIENT_FQDN, fqdn))
 
     def _drop(self, reason: str) -> None:
         self._counters.drop("dhcp: " + reason)

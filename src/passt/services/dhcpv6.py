@@ -18,9 +18,12 @@ given -M.
           anything else         -> dropped
 
 Each reply carries Server ID (2), the client's Client ID (1), DNS servers
-(23) when conf.ip6.dns has any and the domain list (24, RFC 1035 format
-without compression) when conf.search has any, whether or not the Option
-Request option named them (servers MAY send unrequested options).  Only the
+(23) when conf.ip6.dns has any, the domain list (24, RFC 1035 format
+without compression) when conf.search has any, and the client FQDN (39,
+RFC 4704) with --fqdn (flag O when the client asked us to update DNS, which
+we never do; as upstream), whether or not the Option Request option named
+them (servers MAY send unrequested options); RELEASE/DECLINE replies carry
+only the status.  Only the
 first IA_NA of a message gets the address; further IA_NAs get status
 NoAddrsAvail, IA_TA NoAddrsAvail, IA_PD NoPrefixAvail.
 
@@ -43,15 +46,18 @@ from typing import Final
 from passt.config import Config
 from passt.counters import Counters
 from passt.guest import GuestState
-from passt.wire.dhcp import encode_domain_names
+from passt.wire.dhcp import domain_labels, encode_domain_names
 from passt.wire.dhcpv6 import (
     ADVERTISE,
     CONFIRM,
     DECLINE,
     DHCPV6_CLIENT_PORT,
     DHCPV6_SERVER_PORT,
+    FQDN6_FLAG_O,
+    FQDN6_FLAG_S,
     INFINITY,
     INFORMATION_REQUEST,
+    OPT_CLIENT_FQDN,
     OPT_CLIENTID,
     OPT_DNS_SERVERS,
     OPT_DOMAIN_LIST,
@@ -131,6 +137,7 @@ class Dhcpv6Service:
         self._our_ll = b""
         #: Options every reply carries after Server/Client ID.
         self._info = b""
+        self._fqdn = b""
         self._net: IPv6Network | None = None
         ip6 = conf.ip6
         if ip6 is None:
@@ -142,6 +149,10 @@ class Dhcpv6Service:
         domains = encode_domain_names(conf.search, compress=False)
         if domains:
             self._info += option6(OPT_DOMAIN_LIST, domains)
+        #: --fqdn in wire format for option 39; b"": none (or not encodable).
+        self._fqdn = b""
+        if conf.fqdn and conf.fqdn.strip(".") and domain_labels(conf.fqdn) is not None:
+            self._fqdn = encode_domain_names([conf.fqdn], compress=False)
 
     def _drop(self, reason: str) -> None:
         self._counters.drop("dhcpv6: " + reason)
@@ -236,16 +247,24 @@ class Dhcpv6Service:
                     head += option6(OPT_RAPID_COMMIT)
                 else:
                     head += option6(OPT_PREFERENCE, bytes((PREFERENCE,)))
-            return head + body + self._info
+            return head + body + self._info + self._client_fqdn(msg)
         if kind == CONFIRM:
             status = self._confirm(msg)
             if status is None:
                 self._counters.event("dhcpv6: confirm without addresses")
                 return None
-            return head + opt_status(status) + self._info
+            return head + opt_status(status) + self._info + self._client_fqdn(msg)
         if kind in (RELEASE, DECLINE):
             return head + opt_status(STATUS_SUCCESS)
-        return head + self._info
+        return head + self._info + self._client_fqdn(msg)
+
+    def _client_fqdn(self, msg: Dhcpv6Message) -> bytes:
+        """Option 39 with --fqdn (RFC 4704), as upstream: flag O when the client set S; b"": none."""
+        if not self._fqdn:
+            return b""
+        theirs = find_option(msg.options, OPT_CLIENT_FQDN)
+        flags = FQDN6_FLAG_O if theirs is not None and len(theirs) and theirs[0] & FQDN6_FLAG_S else 0
+        return option6(OPT_CLIENT_FQDN, bytes((flags,)) + self._fqdn)
 
     def _ias(self, msg: Dhcpv6Message) -> bytes:
         """IA options answering the client's: our address in the first IA_NA."""

@@ -77,6 +77,8 @@ OPT_PARAM_REQUEST: Final = 55
 OPT_MESSAGE: Final = 56
 OPT_MAX_MSG_SIZE: Final = 57
 OPT_CLIENT_ID: Final = 61
+#: Client FQDN (RFC 4702): flags, two obsolete RCODE bytes, the name.
+OPT_CLIENT_FQDN: Final = 81
 OPT_DOMAIN_SEARCH: Final = 119
 OPT_END: Final = 255
 
@@ -260,3 +262,18 @@ def encode_domain_names(names: Iterable[str], *, compress: bool) -> bytes:
         else:
             out += b"\0"
     return bytes(out)
+
+
+#: Option 81 flag E (RFC 4702 section 2.1): the name is in DNS wire format.
+FQDN_FLAG_E: Final = 0x04
+#: Value servers put in option 81's obsolete RCODE1/RCODE2 fields (RFC 4702 section 2.2).
+FQDN_RCODE_SERVER: Final = 0xFF
+
+
+def encode_client_fqdn(name: str) -> bytes | None:
+    """Option 81's value for `name` (flags E, RCODEs 255, wire-format name); None: not encodable."""
+    if domain_labels(name) is None or not name.strip("."):
+        return None
+    return bytes((FQDN_FLAG_E, FQDN_RCODE_SERVER, FQDN_RCODE_SERVER)) + encode_domain_names(
+        [name], compress=False
+    )

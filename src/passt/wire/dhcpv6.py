@@ -54,6 +54,12 @@ OPT_RAPID_COMMIT: Final = 14
 OPT_DNS_SERVERS: Final = 23
 OPT_DOMAIN_LIST: Final = 24
 OPT_IA_PD: Final = 25
+#: Client FQDN (RFC 4704): one flags byte, then the name in DNS wire format.
+OPT_CLIENT_FQDN: Final = 39
+#: Option 39 flags (RFC 4704 section 4.1): S, the client asks the server to update AAAA;
+#: O, the server overrode the client's S (we never update DNS).
+FQDN6_FLAG_S: Final = 0x01
+FQDN6_FLAG_O: Final = 0x02
 OPT_IAPREFIX: Final = 26
 
 # status codes (RFC 8415 section 21.13)

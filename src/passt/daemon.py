@@ -172,6 +172,11 @@ def drop_target(runas: tuple[int, int] | None, *, euid: int, initial_userns: boo
     return nobody() if initial_userns else None
 
 
+def will_drop(runas: tuple[int, int] | None) -> bool:
+    """Whether `drop_privileges` will change our identity (then import everything before it)."""
+    return drop_target(runas, euid=os.geteuid(), initial_userns=in_initial_userns()) is not None
+
+
 def drop_privileges(runas: tuple[int, int] | None) -> None:
     """Switch to the user `drop_target` picks; OSError when the kernel refuses."""
     target = drop_target(runas, euid=os.geteuid(), initial_userns=in_initial_userns())

@@ -185,6 +185,7 @@ def _serve(args: list[str], listener: socket.socket | None, path: str, early_pat
     from passt.summary import format_summary
     from passt.tap.pcap import Pcap
     from passt.tap.stream import StreamTap
+    from passt.wire import checksum
 
     try:
         conf = parse_args(Mode.PASST, args)
@@ -273,11 +274,19 @@ def _serve(args: list[str], listener: socket.socket | None, path: str, early_pat
     except OSError as exc:
         raise readiness.failed("passt", f"can't write PID file {conf.pid_file}: {exc.strerror}") from None
     # Everything privileged is done (socket, listeners, capture file).
+    # numpy (payload checksums) loads after the caller hears we are ready,
+    # unless privileges are dropped first: the interpreter's files may not
+    # be readable by the user we become.
+    dropping = daemon.will_drop(conf.runas)
+    if dropping:
+        checksum.preload()
     try:
         daemon.drop_privileges(conf.runas)
     except OSError as exc:
         raise readiness.failed("passt", f"can't switch to --runas user: {exc.strerror}") from None
     readiness.ready()
+    if not dropping:
+        checksum.preload()
     try:
         if not terminated:
             loop.run()

@@ -25,19 +25,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final
 
+# What set-up needs before the namespace helper starts; the data plane
+# (runtime and everything under it) is imported in `main` while the helper
+# configures the namespace, so the two overlap (ready within ~200 ms).
 from passt import daemon, log, syscalls
 from passt.cli import ConfigError, parse_args
 from passt.config import Config, Mode
-from passt.control.server import start_control
-from passt.loop import EVENT_READ
 from passt.netconf import TapSetup
 from passt.nshelper import NsHelper, NsHelperError
-from passt.nswatch import NetnsWatch
-from passt.ports import scan_bound_ports
-from passt.runtime import Runtime, local_addresses
-from passt.summary import format_mac, format_summary
-from passt.tap.pcap import Pcap
-from passt.tap.tuntap import TunTap
+from passt.summary import format_mac
 
 #: After the command exits, how long connections it left may still drain.
 DRAIN_S: Final = 5.0
@@ -155,6 +151,8 @@ def _tap_setup(conf: Config) -> TapSetup:
 
 
 def _scanner(helper_pid: int) -> Callable[[bool], set[int]]:
+    from passt.ports import scan_bound_ports
+
     def scan(tcp: bool) -> set[int]:
         names = ("tcp", "tcp6") if tcp else ("udp", "udp6")
         return scan_bound_ports([f"/proc/{helper_pid}/net/{n}" for n in names], tcp=tcp)
@@ -206,6 +204,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         if spawned is not None:
             spawned.abort()
         raise fail(str(exc)) from None
+
+    from passt.control.server import start_control
+    from passt.loop import EVENT_READ
+    from passt.nswatch import NetnsWatch
+    from passt.runtime import Runtime, local_addresses
+    from passt.summary import format_summary
+    from passt.tap.pcap import Pcap
+    from passt.tap.tuntap import TunTap
+    from passt.wire import checksum
 
     scan = _scanner(helper.pid)
     runtime = Runtime(conf, local_addrs=local_addresses(), scan_ns_ports=scan, ns_socket=helper.socket)
@@ -274,11 +281,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise readiness.failed("pasta", f"can't write PID file {conf.pid_file}: {exc.strerror}") from None
     signal.signal(signal.SIGTERM, lambda *_: runtime.loop.stop())
     # Set-up is done: the tap, listeners and helper exist; serve unprivileged.
+    # numpy (payload checksums) loads after the caller is told we are ready,
+    # unless we are about to drop privileges: the interpreter's files may
+    # not be readable by the user we become.
+    dropping = daemon.will_drop(conf.runas)
+    if dropping:
+        checksum.preload()
     try:
         daemon.drop_privileges(conf.runas)
     except OSError as exc:
         raise readiness.failed("pasta", f"can't switch to --runas user: {exc.strerror}") from None
     readiness.ready()
+    if not dropping:
+        checksum.preload()
     try:
         runtime.loop.run()
     finally:

@@ -8,6 +8,10 @@ native 32-bit words; on a little-endian machine that is the byte-swapped sum
 the end.  Measured on these machines: ~6 us per 64 KiB with numpy against
 ~126 us for the big-integer form.
 
+numpy is imported on first use, or by `preload()`: its import costs ~100 ms,
+which pasta and passt spend after they have told their caller they are
+ready, not before (issue: ready within 200 ms).
+
 All functions return or take an unfolded-or-folded *sum* (not complemented)
 so pieces can be chained: pseudo-header, header, payload.
 """
@@ -15,13 +19,23 @@ so pieces can be chained: pseudo-header, header, payload.
 from __future__ import annotations
 
 import sys
+from types import ModuleType
 from typing import Final
-
-import numpy
 
 #: Below this many bytes the big-integer form beats numpy's call overhead.
 _NUMPY_MIN: Final = 512
 _LITTLE: Final = sys.byteorder == "little"
+_numpy: ModuleType | None = None
+
+
+def preload() -> ModuleType:
+    """Import numpy now (idempotent): the programs call it once they are ready."""
+    global _numpy
+    if _numpy is None:
+        import numpy
+
+        _numpy = numpy
+    return _numpy
 
 
 def _fold(total: int) -> int:
@@ -48,8 +62,9 @@ def csum_partial(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
             rem = 0xFFFF
         return _fold(rem + initial)
     whole = n & ~3
-    words = numpy.frombuffer(data, dtype=numpy.uint32, count=whole >> 2)
-    total = _fold(int(words.sum(dtype=numpy.uint64)))
+    np = _numpy or preload()
+    words = np.frombuffer(data, dtype=np.uint32, count=whole >> 2)
+    total = _fold(int(words.sum(dtype=np.uint64)))
     if _LITTLE:
         total = ((total & 0xFF) << 8) | (total >> 8)
     if whole != n:

@@ -89,7 +89,9 @@ def early_socket_path(argv: Sequence[str]) -> tuple[bool, str | None]:
 
     Only a guess, so that the socket can listen before the heavy imports: main
     checks it against the full parse and rebinds (or unbinds) when it was
-    wrong.  No early bind for -F (no socket at all) or -h/--version (exit).
+    wrong.  No early bind for -F (no socket at all), -h/--version (exit) or
+    -p (the capture file must exist before a client can connect: whoever
+    connects may open it at once).
     """
     path: str | None = None
     i = 0
@@ -100,7 +102,7 @@ def early_socket_path(argv: Sequence[str]) -> tuple[bool, str | None]:
             break
         if word.startswith("--"):
             name, eq, value = word[2:].partition("=")
-            if name in ("help", "version", "fd"):
+            if name in ("help", "version", "fd", "pcap"):
                 return False, None
             if name == "socket":
                 if not eq:
@@ -112,7 +114,7 @@ def early_socket_path(argv: Sequence[str]) -> tuple[bool, str | None]:
             continue
         if word.startswith("-") and len(word) > 1:
             for j, letter in enumerate(word[1:], start=1):
-                if letter in "hF":
+                if letter in "hFp":
                     return False, None
                 if letter in VALUE_LETTERS:
                     value = word[j + 1:]

@@ -973,6 +973,8 @@ def test_passt_t_8080_listens_on_nothing_else(topo: Topology, passt_bin: str, tm
     sock = str(tmp_path / "p.sock")
     topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock, "-t", "8080"])
     _wait(lambda: _accepts(sock), what="passt accepts")
+    # in front (-f) the guest socket listens first (as in C passt), the forwards a moment later
+    _wait(lambda: any(":8080 " in ln for ln in _listeners(topo)), 20, "passt listens on 8080")
     lines = _listeners(topo)
     assert any(ln.startswith("tcp ") for ln in lines), lines
     for ln in lines:

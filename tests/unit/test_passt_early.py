@@ -32,6 +32,9 @@ def test_value_letters_match_the_option_table() -> None:
         (["-fh"], (False, None)),
         (["--version"], (False, None)),
         (["-s"], (False, None)),
+        (["-s", "/a", "-p"], (False, None)),   # the capture file comes before the socket
+        (["-fp/tmp/x.pcap"], (False, None)),
+        (["--pcap=/tmp/x.pcap", "-s", "/a"], (False, None)),
     ],
 )
 def test_early_socket_path(argv: list[str], expected: tuple[bool, str | None]) -> None:

@@ -249,7 +249,13 @@ for m in $(cat /etc/modules.order); do
     insmod "/lib/modules/$m" || echo "init: insmod $m failed"
 done
 echo "init: modules loaded, starting command loop on ttyS1"
-exec /bin/sh /etc/cmdloop.sh </dev/ttyS1 >/dev/ttyS1 2>&1
+# The loop runs as a child in a session of its own, without a controlling terminal;
+# PID 1 stays behind only to reap orphans (a test's background servers, the watchers
+# busybox timeout leaves), so that nothing but the loop's own children disturbs its
+# `read` of the next request (a lost request hung the harness: no reply ever came).
+setsid /bin/sh /etc/cmdloop.sh </dev/ttyS1 >/dev/ttyS1 2>&1 &
+wait
+echo "init: command loop ended"
 """
 """Default /init; a replacement given to :func:`build_initramfs` should end the same way."""
 

@@ -223,3 +223,4 @@ def test_c_qrap_with_passt(topo: Topology, impl: Impl, passt_bin: str) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+        Path("/tmp/passt_1.socket").unlink(missing_ok=True)  # as nobody, passt could not

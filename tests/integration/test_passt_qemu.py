@@ -66,6 +66,7 @@ def test_socket_probe_takes_first_free(topo: Topology, passt_bin: str) -> None:
     """Without -s, passt binds the first of /tmp/passt_1..64.socket nobody accepts on; a second passt takes another."""
     first = topo.popen(topo.host, [passt_bin, "-f"], stderr=subprocess.PIPE)
     second = None
+    path1 = path2 = ""
     try:
         path1 = _read_bound(first)
         second = topo.popen(topo.host, [passt_bin, "-f"], stderr=subprocess.PIPE)
@@ -74,9 +75,19 @@ def test_socket_probe_takes_first_free(topo: Topology, passt_bin: str) -> None:
         assert re.fullmatch(r"/tmp/passt_([1-9]|[1-5][0-9]|6[0-4])\.socket", path2)
         assert path1 != path2
     finally:
-        first.terminate()
-        if second is not None:
-            second.terminate()
+        for proc in (first, second):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+        _remove_default_sockets(path1, path2)
+
+
+def _remove_default_sockets(*paths: str) -> None:
+    """Remove the /tmp/passt_N.socket files a test's passt left: as root it runs as nobody
+    and cannot unlink its root-owned file in sticky /tmp (C passt never unlinks it)."""
+    for path in paths:
+        if path.startswith("/tmp/passt_"):
+            Path(path).unlink(missing_ok=True)
 
 
 def _read_bound(proc: subprocess.Popen[bytes]) -> str:
@@ -121,14 +132,17 @@ def test_stream_guest_gets_lease_and_pcap_shows_frames(topo: Topology, passt_bin
 def test_qrap_connects_old_style_qemu(topo: Topology, passt_bin: str, qrap_bin: str) -> None:
     """`qrap 5 qemu-system-x86_64 ... -net socket,fd=5 -net nic,model=virtio` finds passt's default socket."""
     proc = topo.popen(topo.host, [passt_bin, "-f"], stderr=subprocess.PIPE)
+    path = ""
     try:
-        _read_bound(proc)
+        path = _read_bound(proc)
         net = ["-net", "socket,fd=5", "-net", f"nic,model=virtio,macaddr={GUEST_MAC}"]
         with QemuGuest(net_args=net, qemu_argv_prefix=[qrap_bin, "5"]) as guest:
             out = guest.check(f"{UDHCPC} 2>&1; ip -o -4 addr show dev eth0", timeout=60)
         assert f"inet {HOST_ADDR4}/24" in out, out
     finally:
         proc.terminate()
+        proc.wait(10)
+        _remove_default_sockets(path)
 
 
 @pytest.mark.conformance("passt.reconnect")

@@ -352,7 +352,15 @@ def test_foreground_option_without_a_terminal(topo: Topology, passt_bin: str, tm
 _PRIVATE_TMP_PROBE = r"""
 import glob, json, os, socket, subprocess, sys, time
 passt, pasta = sys.argv[1], sys.argv[2]
+# a private, empty /tmp; programs that live under the old /tmp (a checkout there) stay
+# reachable through a link to it, by a descriptor of the old /tmp kept open here
+old_tmp = os.open("/tmp", os.O_RDONLY | os.O_DIRECTORY)
 subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=1777", "probe-tmp", "/tmp"], check=True)
+for prog in (passt, pasta):
+    if prog.startswith("/tmp/"):
+        top = prog.split("/")[2]
+        if not os.path.lexists(f"/tmp/{top}"):
+            os.symlink(f"/proc/{os.getpid()}/fd/{old_tmp}/{top}", f"/tmp/{top}")
 
 def accepts(path):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -148,7 +148,10 @@ def test_curl_download_flow_through_pesto(topo: Topology, tmp_path: Path) -> Non
         assert b["bytes_to_guest"] - a["bytes_to_guest"] > 300_000, (a, b)
         assert b["guest_addr"] == HOST_ADDR4 and b["remote_addr"] == WAN_ADDR4
         table = p.pesto("--flows").stdout
-        assert f"{WAN_ADDR4}:8080" in table and "ESTABLISHED" in table
+        # the table for people: the flow's row, by its addresses (its state depends on how far the
+        # transfer has come: the server may have sent everything into the buffers already)
+        assert any(ln.startswith("tcp") and f" {HOST_ADDR4}:" in ln and f" {WAN_ADDR4}:8080 " in ln
+                   for ln in table.splitlines()), table
         _wait_file(done, 30)
         wait_until(lambda: http_flow() is None, 15, "curl's flow to close")
 

@@ -15,8 +15,10 @@ import hashlib
 import json
 import os
 import re
+import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,6 +201,21 @@ def test_libvirt_domain_with_passt_backend(topo: Topology, root: RootSession, bl
     assert len(argv) == 1 and "--one-off" in argv[0] and "18080:8080" in argv[0], argv
 
 
+def _wait_for_line(proc: subprocess.Popen[bytes], text: str, timeout: float) -> None:
+    """Read `proc`'s stderr until a line containing `text`; fail after `timeout` seconds."""
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while text.encode() not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0 and proc.poll() is None, f"no {text!r} from passt: {seen.decode(errors='replace')}"
+        ready, _, _ = select.select([proc.stderr], [], [], left)
+        if ready:
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            assert chunk, f"passt closed stderr: {seen.decode(errors='replace')}"
+            seen += chunk
+
+
 @pytest.mark.xdist_group("default-socket")
 @pytest.mark.parametrize("impl", IMPLS)
 def test_c_qrap_with_passt(topo: Topology, impl: Impl, passt_bin: str) -> None:
@@ -211,7 +228,9 @@ def test_c_qrap_with_passt(topo: Topology, impl: Impl, passt_bin: str) -> None:
         Path("/tmp/passt_1.socket").unlink(missing_ok=True)
     proc = topo.popen(topo.host, [binary, "-f", "-s", "/tmp/passt_1.socket"])
     try:
-        wait_until(lambda: accepts_unix("/tmp/passt_1.socket"), 10, "passt accepts on /tmp/passt_1.socket")
+        # ready by its own word, not by a test connection: passt serves one client at a time, and a
+        # connection of ours still being closed would leave qrap's probe waiting past its timeout
+        _wait_for_line(proc, "UNIX domain socket bound at /tmp/passt_1.socket", 20)
         net = ["-net", "socket,fd=5", "-net", "nic,model=virtio,macaddr=52:54:00:12:34:56"]
         # C qrap takes QEMU_CMD only as a bare name it knows (a path makes it patch the command
         # line for a qemu it looks up itself): the shell drops the harness's path to QEMU

@@ -16,8 +16,8 @@ from typing import Final
 
 from passt.rtnl import Rtnl
 
-#: ifa_flags: permanent (no lifetimes) and no duplicate address detection.
-IFA_F_NODAD: Final = 0x02
+#: ifa_flags of the IPv6 address we add: permanent (no lifetimes).  DAD is off
+#: through accept_dad instead (IFA_F_NODAD, 0x02, would show as "nodad").
 IFA_F_PERMANENT: Final = 0x80
 
 
@@ -73,7 +73,7 @@ def configure_tap(nl: Rtnl, setup: TapSetup) -> tuple[int, bytes]:
                 nl.add_default_route(index, gw.packed, onlink=not on_net)
         if setup.addr6 is not None:
             nl.add_addr(index, IPv6Address(setup.addr6).packed, setup.prefix6,
-                        flags=IFA_F_PERMANENT | IFA_F_NODAD)
+                        flags=IFA_F_PERMANENT)
             if setup.gw6 is not None:
                 nl.add_default_route(index, IPv6Address(setup.gw6).packed)
     mac = nl.link(setup.ifname).mac

@@ -1,6 +1,6 @@
 """What the host looks like: the defaults the man page takes "from the host".
 
-`discover()` asks the kernel over rtnetlink (pyroute2's IPRoute), once, at
+`discover()` asks the kernel over rtnetlink (`passt.rtnl`), once, at
 start-up:
 
     default routes (main table, unicast, dst_len 0), per family
@@ -33,8 +33,9 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, ip_address
-from typing import Any, Final
+from typing import Final
 
+from passt import rtnl
 from passt.ports import ConfigError
 
 #: Routing table the default routes are looked up in (RT_TABLE_MAIN).
@@ -132,37 +133,23 @@ def _read_resolv_conf(path: str) -> tuple[list[IPv4Address], list[IPv6Address], 
 class _Route:
     metric: int
     oif: int
-    gateway: str | None
+    gateway: bytes | None
 
 
-def _default_routes(ipr: Any, family: int) -> list[_Route]:
+def _default_routes(routes: list[rtnl.Route]) -> list[_Route]:
     """Default unicast routes of the main table, lowest metric first, stable."""
-    routes: list[_Route] = []
-    for msg in ipr.get_routes(family=family):
-        if msg.get("dst_len") != 0 or msg.get("type") != RTN_UNICAST:
+    found: list[_Route] = []
+    for msg in routes:
+        if msg.dst_len != 0 or msg.type != RTN_UNICAST or msg.table != RT_TABLE_MAIN:
             continue
-        table = msg.get("RTA_TABLE") or msg.get("table")
-        if table != RT_TABLE_MAIN:
-            continue
-        metric = msg.get("RTA_PRIORITY") or 0
-        oif = msg.get("RTA_OIF")
-        gateway = msg.get("RTA_GATEWAY")
+        oif, gateway = msg.oif, msg.gateway
         if oif is None:
-            hops = msg.get("RTA_MULTIPATH") or []
-            if not hops:
+            if not msg.multipath:
                 continue
-            oif = hops[0].get("oif")
-            gateway = hops[0].get("RTA_GATEWAY")
-            if oif is None:
-                continue
-        routes.append(_Route(int(metric), int(oif), gateway))
-    routes.sort(key=lambda r: r.metric)
-    return routes
-
-
-def _addr_flags(msg: Any) -> int:
-    flags = msg.get("IFA_FLAGS")
-    return int(flags if flags is not None else msg.get("flags") or 0)
+            oif, gateway = msg.multipath[0].oif, msg.multipath[0].gateway
+        found.append(_Route(msg.priority, oif, gateway))
+    found.sort(key=lambda r: r.metric)
+    return found
 
 
 def discover(ifname: str | None = None, *, resolv_conf: str = RESOLV_CONF) -> HostInfo:
@@ -173,24 +160,22 @@ def discover(ifname: str | None = None, *, resolv_conf: str = RESOLV_CONF) -> Ho
     route at all is not an error here: the snapshot then has ifname "" and
     route4/route6 False, and `cli` decides (explicit -a and -g still work).
     """
-    from pyroute2 import IPRoute  # imported here: a test building HostInfo by hand needs no netlink
-
     dns4, dns6, search = _read_resolv_conf(resolv_conf)
     try:
-        with IPRoute() as ipr:
-            links = {int(m["index"]): m for m in ipr.get_links()}
-            addrs = list(ipr.get_addr())
-            routes4 = _default_routes(ipr, socket.AF_INET)
-            routes6 = _default_routes(ipr, socket.AF_INET6)
-    except OSError as e:
-        raise ConfigError(f"can't read the host's network configuration: {e.strerror or e}") from e
+        with rtnl.Rtnl() as nl:
+            links = {link.index: link for link in nl.links()}
+            addrs = nl.addrs()
+            routes4 = _default_routes(nl.routes(socket.AF_INET))
+            routes6 = _default_routes(nl.routes(socket.AF_INET6))
+    except (OSError, rtnl.ParseError) as e:
+        raise ConfigError(f"can't read the host's network configuration: {getattr(e, 'strerror', None) or e}") from e
 
-    names = {idx: str(m.get("IFLA_IFNAME") or "") for idx, m in links.items()}
+    names = {idx: link.ifname for idx, link in links.items()}
 
     idx4: int | None = None
     idx6: int | None = None
-    gw4_s: str | None = None
-    gw6_s: str | None = None
+    gw4_s: bytes | None = None
+    gw6_s: bytes | None = None
     route4 = route6 = False
     if ifname is not None:
         matches = [idx for idx, name in names.items() if name == ifname]
@@ -215,29 +200,25 @@ def discover(ifname: str | None = None, *, resolv_conf: str = RESOLV_CONF) -> Ho
     addr4: IPv4Interface | None = None
     cand6: list[tuple[bool, IPv6Interface]] = []
     for msg in addrs:
-        family = msg.get("family")
-        prefix = int(msg.get("prefixlen") or 0)
-        index = int(msg.get("index") or 0)
-        flags = _addr_flags(msg)
-        scope = msg.get("scope")
-        if family == socket.AF_INET:
-            text = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-            if text is None:
+        prefix = msg.prefixlen
+        if msg.family == socket.AF_INET:
+            packed = msg.local or msg.address
+            if packed is None or len(packed) != 4:
                 continue
-            iface4 = IPv4Interface(f"{text}/{prefix}")
+            iface4 = IPv4Interface((packed, prefix))
             all_ifaddrs.append(iface4)
-            if (addr4 is None and index == idx4 and scope == RT_SCOPE_UNIVERSE
-                    and not flags & IFA_F_SECONDARY):
+            if (addr4 is None and msg.index == idx4 and msg.scope == RT_SCOPE_UNIVERSE
+                    and not msg.flags & IFA_F_SECONDARY):
                 addr4 = iface4
-        elif family == socket.AF_INET6:
-            text = msg.get("IFA_ADDRESS") or msg.get("IFA_LOCAL")
-            if text is None:
+        elif msg.family == socket.AF_INET6:
+            packed = msg.address or msg.local
+            if packed is None or len(packed) != 16:
                 continue
-            iface6 = IPv6Interface(f"{str(text).split('%', 1)[0]}/{prefix}")
+            iface6 = IPv6Interface((packed, prefix))
             all_ifaddrs.append(iface6)
-            if (index == idx6 and scope == RT_SCOPE_UNIVERSE
-                    and not flags & IFA_F_DADFAILED):
-                cand6.append((bool(flags & IFA_F_DEPRECATED), iface6))
+            if (msg.index == idx6 and msg.scope == RT_SCOPE_UNIVERSE
+                    and not msg.flags & IFA_F_DADFAILED):
+                cand6.append((bool(msg.flags & IFA_F_DEPRECATED), iface6))
     cand6.sort(key=lambda c: c[0])  # stable: non-deprecated first, dump order within
     addr6 = cand6[0][1] if cand6 else None
 
@@ -245,24 +226,18 @@ def discover(ifname: str | None = None, *, resolv_conf: str = RESOLV_CONF) -> Ho
     link = links.get(main_idx) if main_idx is not None else None
     if main_idx is not None and link is None:
         raise ConfigError(f"default route through interface index {main_idx}, which has vanished")
-    mac_s = link.get("IFLA_ADDRESS") if link is not None else None
-    try:
-        mac = bytes.fromhex(str(mac_s).replace(":", "")) if mac_s else bytes(6)
-    except ValueError:
-        mac = bytes(6)
-    if len(mac) != 6:
-        mac = bytes(6)
+    mac = link.mac if link is not None and link.mac is not None and len(link.mac) == 6 else bytes(6)
 
-    def _gw4(text: str | None) -> IPv4Address | None:
-        return IPv4Address(text) if text else None
+    def _gw4(packed: bytes | None) -> IPv4Address | None:
+        return IPv4Address(packed) if packed and len(packed) == 4 else None
 
-    def _gw6(text: str | None) -> IPv6Address | None:
-        return IPv6Address(text.split("%", 1)[0]) if text else None
+    def _gw6(packed: bytes | None) -> IPv6Address | None:
+        return IPv6Address(packed) if packed and len(packed) == 16 else None
 
     return HostInfo(
         ifname=names.get(main_idx, "") if main_idx is not None else "",
         mac=mac,
-        mtu=int((link.get("IFLA_MTU") if link is not None else None) or DEFAULT_HOST_MTU),
+        mtu=(link.mtu if link is not None else None) or DEFAULT_HOST_MTU,
         addr4=addr4.ip if addr4 is not None else None,
         prefix4=addr4.network.prefixlen if addr4 is not None else 0,
         gw4=_gw4(gw4_s),

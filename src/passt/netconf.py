@@ -1,4 +1,4 @@
-"""Netlink configuration of pasta's tap inside the namespace (pyroute2).
+"""Netlink configuration of pasta's tap inside the namespace (`passt.rtnl`).
 
 Runs in the namespace helper (after setns), so the netlink socket it opens
 talks to the target namespace.  Without --config-net we only set the MTU and
@@ -12,8 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+from typing import Final
 
-from pyroute2 import IPRoute
+from passt.rtnl import Rtnl
+
+#: ifa_flags of the IPv6 address we add: permanent (no lifetimes).  DAD is off
+#: through accept_dad instead (IFA_F_NODAD, 0x02, would show as "nodad").
+IFA_F_PERMANENT: Final = 0x80
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,48 +38,46 @@ class TapSetup:
     mac: str | None = None
 
 
-def bring_up_lo(ipr: IPRoute) -> None:
-    idx = ipr.link_lookup(ifname="lo")
-    if idx:
-        ipr.link("set", index=idx[0], state="up")
+def bring_up_lo(nl: Rtnl) -> None:
+    try:
+        index = nl.link("lo").index
+    except OSError:
+        return
+    nl.set_link(index, up=True)
 
 
-def configure_tap(ipr: IPRoute, setup: TapSetup) -> tuple[int, bytes]:
+def configure_tap(nl: Rtnl, setup: TapSetup) -> tuple[int, bytes]:
     """Set MTU, bring the tap up, and with config_net add addresses and routes.
 
     Returns (ifindex, MAC of the tap).
     """
-    idx = ipr.link_lookup(ifname=setup.ifname)
-    if not idx:
-        raise OSError(f"tap {setup.ifname} vanished")
-    index = idx[0]
+    try:
+        index = nl.link(setup.ifname).index
+    except OSError as exc:
+        raise OSError(f"tap {setup.ifname} vanished") from exc
     if setup.config_net and setup.addr6 is not None:
         # No DAD: the address is ours by construction; DAD would delay it ~1 s.
         _sysctl(f"/proc/sys/net/ipv6/conf/{setup.ifname}/accept_dad", "0")
-    ipr.link("set", index=index, mtu=setup.mtu)
+    nl.set_link(index, mtu=setup.mtu)
     if setup.mac is not None:
-        ipr.link("set", index=index, address=setup.mac)
-    ipr.link("set", index=index, state="up")
+        nl.set_link(index, mac=bytes.fromhex(setup.mac.replace(":", "")))
+    nl.set_link(index, up=True)
     if setup.config_net:
         if setup.addr4 is not None:
-            ipr.addr("add", index=index, address=setup.addr4, prefixlen=setup.prefix4)
+            addr4 = IPv4Address(setup.addr4)
+            nl.add_addr(index, addr4.packed, setup.prefix4)
             if setup.gw4 is not None:
                 gw = IPv4Address(setup.gw4)
-                net_ok = int(gw) >> (32 - setup.prefix4) == int(IPv4Address(setup.addr4)) >> (32 - setup.prefix4) if setup.prefix4 else False
-                ipr.route(
-                    "add",
-                    dst="0.0.0.0/0",
-                    gateway=setup.gw4,
-                    oif=index,
-                    **({} if net_ok else {"flags": 4}),  # RTNH_F_ONLINK
-                )
+                shift = 32 - setup.prefix4
+                on_net = bool(setup.prefix4) and int(gw) >> shift == int(addr4) >> shift
+                nl.add_default_route(index, gw.packed, onlink=not on_net)
         if setup.addr6 is not None:
-            ipr.addr("add", index=index, address=setup.addr6, prefixlen=setup.prefix6, flags=0x80)  # IFA_F_NODAD
+            nl.add_addr(index, IPv6Address(setup.addr6).packed, setup.prefix6,
+                        flags=IFA_F_PERMANENT)
             if setup.gw6 is not None:
-                ipr.route("add", dst="::/0", gateway=setup.gw6, oif=index, family=10)
-    link = ipr.get_links(index)[0]
-    mac = str(link.get_attr("IFLA_ADDRESS"))
-    return index, bytes.fromhex(mac.replace(":", ""))
+                nl.add_default_route(index, IPv6Address(setup.gw6).packed)
+    mac = nl.link(setup.ifname).mac
+    return index, mac or bytes(6)
 
 
 def _sysctl(path: str, value: str) -> None:

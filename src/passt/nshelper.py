@@ -170,15 +170,14 @@ def _helper_main(sock: socket.socket, userns: str | None, netns: str, setup: Tap
         _send(sock, {"ok": False, "error": f"can't create tap {setup.ifname} in the namespace: {exc.strerror}"})
         return
     try:
-        from pyroute2 import IPRoute
-
         from passt import netconf
+        from passt.rtnl import Rtnl
 
-        with IPRoute() as ipr:
-            netconf.bring_up_lo(ipr)
-            index, mac = netconf.configure_tap(ipr, setup)
+        with Rtnl() as nl:
+            netconf.bring_up_lo(nl)
+            index, mac = netconf.configure_tap(nl, setup)
         netconf.set_ping_group_range()
-    except Exception as exc:  # noqa: BLE001 - pyroute2 raises many kinds; report them all
+    except (OSError, ValueError) as exc:  # ValueError: rtnl.ParseError, a bad --ns-mac-addr
         _send(sock, {"ok": False, "error": f"can't configure {setup.ifname} in the namespace: {exc}"})
         return
     _send(sock, {"ok": True, "mac": mac.hex(), "ifindex": index}, [tap])

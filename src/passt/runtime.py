@@ -245,14 +245,7 @@ def _cached_scan(loop: EventLoop) -> Callable[[bool], set[int]]:
 
 def local_addresses() -> frozenset[bytes]:
     """Every address configured on this namespace's interfaces (packed)."""
-    from pyroute2 import IPRoute
+    from passt.rtnl import Rtnl
 
-    found: set[bytes] = set()
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr():
-            addr = msg.get_attr("IFA_ADDRESS") or msg.get_attr("IFA_LOCAL")
-            if not addr:
-                continue
-            family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-            found.add(socket.inet_pton(family, addr))
-    return frozenset(found)
+    with Rtnl() as nl:
+        return frozenset(a for msg in nl.addrs() if (a := msg.address or msg.local))

@@ -1,6 +1,6 @@
 """TCP translation: handshakes, resets, closes, timeouts and hostile input.
 
-A scripted guest (test_flows_tcp_fakes.Guest) talks to TcpHandler through
+A scripted guest (tcp_fakes.Guest) talks to TcpHandler through
 from_tap; real servers listen on 127.0.0.1 / ::1 in threads; every frame to
 the guest is dissected by scapy and its checksums verified.
 """
@@ -16,7 +16,7 @@ import pytest
 
 from passt.flows import tcp as tcp_mod
 from tests.unit.conftest import GUEST_MAC_STR, OUR_MAC_STR
-from tests.unit.test_flows_tcp_fakes import (
+from tests.unit.tcp_fakes import (
     G4,
     G6,
     GW4,
@@ -49,6 +49,12 @@ def closed_port(af: int) -> int:
     port: int = s.getsockname()[1]
     s.close()
     return port
+
+
+def established(h: tcp_mod.TcpHandler, srv: Server) -> bool:
+    """The server accepted and every flow of `h` is established (handshake done both ways)."""
+    flows = list(h.flows.values())
+    return bool(srv.conns) and bool(flows) and all(c.state & tcp_mod.ESTABLISHED for c in flows)
 
 
 def wait_segs(g: Guest, cond: Any = None, timeout: float = 3.0) -> list[Seg]:
@@ -330,7 +336,7 @@ def test_keepalive_probe_gets_ack() -> None:
     srv = Server(4, lambda c: c.recv(1))
     try:
         g = open_conn(ctx, tap, h, 4, srv.port)
-        assert pump(ctx, lambda: True)
+        assert pump(ctx, lambda: established(h, srv))
         g.take()
         g.send("A", seq=g.snd_nxt - 1)
         seg = wait_segs(g)[0]
@@ -577,7 +583,7 @@ def test_out_of_order_guest_data_not_sent_and_dup_acked() -> None:
     srv = Server(4, script)
     try:
         g = open_conn(ctx, tap, h, 4, srv.port)
-        assert pump(ctx, lambda: True)
+        assert pump(ctx, lambda: established(h, srv))
         g.take()
         g.send("PA", seq=g.snd_nxt + 5, payload=b"later")
         seg = wait_segs(g)[0]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from passt.flows import tcp as tcp_mod
-from tests.unit.test_flows_tcp_fakes import (
+from tests.unit.tcp_fakes import (
     G4,
     LO4,
     Guest,

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from passt.flows import tcp as tcp_mod
+from passt.flows import tcp_kernel
 from tests.unit.tcp_fakes import (
     G4,
     LO4,
@@ -247,7 +248,7 @@ def test_snd_wnd_fallback_fixed_window_ack_on_enqueue(monkeypatch: pytest.Monkey
 
     ctx, tap, h = make_handler()
     # A pre-5.3 kernel: struct tcp_info ends before tcpi_snd_wnd.
-    monkeypatch.setattr(h, "_tcp_info", lambda sock: bytes(192))
+    monkeypatch.setattr(tcp_mod, "tcp_info", lambda sock: bytes(192))
     srv = Server(4, script, rcvbuf=4096)
     try:
         g = open_conn(ctx, tap, h, 4, srv.port)
@@ -344,7 +345,7 @@ class NoPeekOffSocket(socket.socket):
     """A socket as on kernels before TCP supported SO_PEEK_OFF."""
 
     def setsockopt(self, level: int, opt: int, value: Any, *rest: Any) -> None:
-        if level == socket.SOL_SOCKET and opt == tcp_mod.SO_PEEK_OFF:
+        if level == socket.SOL_SOCKET and opt == tcp_kernel.SO_PEEK_OFF:
             raise OSError(95, "Operation not supported")
         super().setsockopt(level, opt, value, *rest)
 

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
+from passt.flows import icmp as icmp_mod
+from passt.flows import sockets
 from passt.flows import tcp as tcp_mod
+from passt.flows import udp as udp_mod
 from tests.unit.conftest import GUEST_MAC_STR, OUR_MAC_STR
 from tests.unit.tcp_fakes import (
     G4,
@@ -537,6 +540,56 @@ def test_syn_to_bad_destinations_dropped() -> None:
     assert ctx.counters.drops["tcp_bad_dst"] == 5
     assert ctx.counters.drops["tcp_dst_loopback"] == 1
     h.close()
+
+
+#: One address per class, with the decision flows/sockets.py records for it
+#: (docs/conformance_catalogue.toml `flows.dst-forwardable`): TCP applies the same rule.
+TCP_DESTINATIONS: list[tuple[str, bool]] = [
+    ("0.0.0.0", False), ("0.1.2.3", False),  # "this network" 0/8
+    ("10.1.2.3", True), ("127.0.0.1", True),  # loopback: the NOTES rule, not this one
+    ("169.254.1.1", True), ("223.255.255.254", True),
+    ("224.0.0.1", False), ("239.255.255.250", False),  # multicast 224/4
+    ("240.0.0.1", False), ("254.1.2.3", False),  # reserved 240/4 (TCP took these before)
+    ("255.255.255.255", False),  # limited broadcast
+    ("::", False), ("::1", True), ("fe80::1", True), ("fc00::1", True), ("2001:db8::1", True),
+    ("ff02::1", False), ("ff0e::1", False),  # multicast
+    ("::ffff:192.0.2.1", False),  # IPv4-mapped (RFC 4291 section 2.5.5.2)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("dst", "ok"), TCP_DESTINATIONS)
+def test_syn_destination_rule_per_address_class(dst: str, ok: bool) -> None:
+    """A guest SYN to each address class: the shared rule decides, a socket is asked for only if it allows."""
+    asked: list[int] = []
+
+    def no_socket(family: int, kind: int) -> socket.socket:
+        asked.append(family)
+        raise OSError("no sockets in this test")
+
+    af = 6 if ":" in dst else 4
+    gsrc = G4 if af == 4 else G6
+    ctx, tap, h = make_handler(socket_factory=no_socket)
+    try:
+        assert sockets.dst_forwardable(af, packed(af, dst)) is ok
+        l4 = build_l4(af, gsrc, dst, sport=1000, dport=80, flags="S")
+        h.from_tap(af, packed(af, gsrc), packed(af, dst), memoryview(l4), time.monotonic())
+        assert h.flow_count() == 0
+        if ok:
+            assert asked and ctx.counters.drops["tcp_socket"] == 1
+            assert "tcp_bad_dst" not in ctx.counters.drops
+            assert len(tap.frames) == 1  # RST: no socket for it
+        else:
+            assert not asked and ctx.counters.drops["tcp_bad_dst"] == 1
+            assert tap.frames == []
+    finally:
+        h.close()
+
+
+def test_tcp_and_udp_share_one_destination_rule() -> None:
+    """TCP, UDP and ICMP call the same function, so the rule cannot drift apart."""
+    assert tcp_mod.dst_forwardable is sockets.dst_forwardable
+    assert udp_mod.dst_forwardable is sockets.dst_forwardable
+    assert icmp_mod.dst_forwardable is sockets.dst_forwardable
 
 
 def test_fuzz_segments_into_live_flow_never_raise() -> None:

@@ -91,7 +91,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import logging
 import os
 import select
 import socket
@@ -101,7 +100,7 @@ from typing import Final
 from passt.context import Context
 from passt.flows import nat
 from passt.flows.outbound import Outbound
-from passt.flows.sockets import close_rst
+from passt.flows.sockets import close_rst, dst_forwardable, link_scope
 from passt.flows.table import FLOW_MAX, FlowTable
 from passt.flows.tcp_frames import FrameRing, FrameTemplate, build_control, gso_payload_cap
 from passt.flows.tcp_kernel import (
@@ -133,8 +132,6 @@ from passt.wire.tcp import (
     parse_tcp,
     syn_options,
 )
-
-log = logging.getLogger("passt")
 
 SocketFactory = Callable[[int, int], socket.socket]
 FlowKey = tuple[int, bytes, int, bytes, int]
@@ -407,7 +404,7 @@ class TcpHandler:
             self._close(conn, rst=True)
             return
         if state & _HANDSHAKE:
-            if not self._handshake_from_tap(conn, seg, now):
+            if not self._handshake_from_tap(conn, seg):
                 return
         elif flags & SYN:
             # RFC 5961 section 4: a SYN in a synchronized state gets a challenge ACK.
@@ -440,7 +437,7 @@ class TcpHandler:
             counters.drop("tcp_unknown_flow")
             self._rst_unknown(af, src, dst, seg, plen)
             return
-        if not _dst_ok(af, dst):
+        if not dst_forwardable(af, dst):
             counters.drop("tcp_bad_dst")
             return
         if not self.loopback_dst and nat.is_loopback(af, dst):
@@ -466,7 +463,7 @@ class TcpHandler:
         if af == 4:
             addr = (host, seg.dport)
         else:
-            addr = (host, seg.dport, 0, self._scope(real))
+            addr = (host, seg.dport, 0, link_scope(self.ctx.conf.out_ifname, af, real))
         rc = self._out.connect_ex(sock, af, real, addr)
         if rc not in (0, errno.EINPROGRESS):
             sock.close()
@@ -505,7 +502,7 @@ class TcpHandler:
             conn.ws_from_guest = 0
             conn.ws_to_guest = 0
 
-    def _handshake_from_tap(self, conn: TcpConn, seg: TcpSegment, now: float) -> bool:
+    def _handshake_from_tap(self, conn: TcpConn, seg: TcpSegment) -> bool:
         """Segments during the handshake; True when the segment goes on to normal processing."""
         state = conn.state
         flags = seg.flags
@@ -737,9 +734,6 @@ class TcpHandler:
         conn.rto_deadline = now + conn.rto
         self._arm(conn, conn.rto_deadline)
         return True
-
-    #: Old name, kept for callers written before `accept_socket` was public.
-    _accepted = accept_socket
 
     def _tune(self, sock: socket.socket) -> None:
         """Host socket options for the translated data path (see the module doc).
@@ -1113,7 +1107,7 @@ class TcpHandler:
             avail = min(avail, room)
         tpl = conn.tpl
         if tpl.guest_mac is not self.ctx.guest.mac:
-            tpl = conn.tpl = self._retemplate(tpl, conn)
+            tpl = conn.tpl = self._retemplate(conn)
         mss = conn.mss
         cap = gso_payload_cap(conn.af, mss) if offload else mss
         slots = ring.slots
@@ -1339,7 +1333,7 @@ class TcpHandler:
         if self._delack_timer is None:
             self._delack_timer = self.ctx.loop.call_at(now + ACK_DELAY_S, self._on_delack)
 
-    def _on_delack(self, now: float) -> None:
+    def _on_delack(self, _now: float) -> None:
         self._delack_timer = None
         conns = self._delack
         self._delack = []
@@ -1358,7 +1352,7 @@ class TcpHandler:
         if self._poll_timer is None:
             self._poll_timer = self.ctx.loop.call_at(now + ACK_POLL_S, self._on_poll)
 
-    def _on_poll(self, now: float) -> None:
+    def _on_poll(self, _now: float) -> None:
         self._poll_timer = None
         conns = self._poll
         self._poll = []
@@ -1374,7 +1368,7 @@ class TcpHandler:
         if self._starved_timer is None:
             self._starved_timer = self.ctx.loop.call_at(now, self._on_starved)
 
-    def _on_starved(self, now: float) -> None:
+    def _on_starved(self, _now: float) -> None:
         self._starved_timer = None
         conns = self._starved
         self._starved = []
@@ -1404,19 +1398,10 @@ class TcpHandler:
         ctx = self.ctx
         return FrameTemplate(af, ctx.guest.mac, ctx.conf.our_mac, src, dst, sport, dport)
 
-    def _retemplate(self, tpl: FrameTemplate, conn: TcpConn) -> FrameTemplate:
+    def _retemplate(self, conn: TcpConn) -> FrameTemplate:
         """The guest's MAC changed since the flow began: rebuild its template."""
         af, gaddr, gport, raddr, rport = conn.key
         return self._template(af, raddr, gaddr, rport, gport)
-
-    def _scope(self, dst: bytes) -> int:
-        """Interface index for a link-local IPv6 destination (the outbound interface)."""
-        if not nat.is_link_local6(dst):
-            return 0
-        try:
-            return socket.if_nametoindex(self.ctx.conf.out_ifname)
-        except OSError:
-            return 0
 
 
 def _ack_guest_fin(conn: TcpConn) -> bool:
@@ -1467,11 +1452,3 @@ class _RandomPool:
 
 
 _RANDOM: Final = _RandomPool()
-
-
-def _dst_ok(af: int, dst: bytes) -> bool:
-    """Unicast destinations only: not "this network" (0/8), broadcast, multicast,
-    unspecified, or IPv4-mapped IPv6 (RFC 4291 section 2.5.5.2: not for the wire)."""
-    if af == 4:
-        return dst[0] != 0 and dst != b"\xff\xff\xff\xff" and not 224 <= dst[0] <= 239
-    return dst != bytes(16) and dst[0] != 0xFF and dst[:12] != nat.V4MAPPED_PREFIX

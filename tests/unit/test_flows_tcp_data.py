@@ -293,6 +293,39 @@ def test_fast_retransmit_after_dropped_segment() -> None:
         srv.close()
 
 
+def test_retransmit_after_our_fin_resends_data_then_fin() -> None:
+    """Lost data before our FIN: the rewind clears FIN_SENT (tcp_state EV_FIN_RESEND), data then FIN go again.
+
+    Without the backward step the flow would not peek again (FIN_SENT
+    stops `_push`) and the guest would never get the bytes it lost.
+    """
+    data = os.urandom(3000)
+    ctx, tap, h = make_handler(tap_mtu=1500)
+    srv = Server(4, sender_script(data))
+    try:
+        g = open_conn(ctx, tap, h, 4, srv.port, mss=1460)
+        first: list[Any] = []
+        assert pump(ctx, lambda: gather(g, first) and any("F" in s.flags for s in first))
+        fin = next(s for s in first if "F" in s.flags)
+        assert fin.seq == (g.rcv_nxt + len(data)) & 0xFFFFFFFF
+        conn = next(iter(h.flows.values()))
+        assert conn.state & tcp_mod.FIN_SENT
+        for _ in range(3):
+            g.ack()  # every data segment and the FIN lost: duplicate ACKs
+        again: list[Any] = []
+        assert pump(ctx, lambda: gather(g, again) and any("F" in s.flags for s in again))
+        assert again[0].payload and again[0].seq == g.rcv_nxt  # from the hole, not after the FIN
+        assert next(s for s in again if "F" in s.flags).seq == fin.seq
+        g.absorb(again)
+        assert g.got_fin and g.digest.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert conn.state & tcp_mod.FIN_ACKED
+        g.send_data(b"", flags="FA")
+        assert pump(ctx, lambda: h.flow_count() == 0, step=lambda: g.absorb(g.take()))
+    finally:
+        h.close()
+        srv.close()
+
+
 def test_rto_retransmit_when_guest_silent() -> None:
     """Unacknowledged data is sent again after the retransmission timeout (1 s)."""
     data = os.urandom(5000)

@@ -68,15 +68,20 @@ events and guest segments only mark a flow dirty; all socket I/O and frame
 building happen once per loop turn in `_post` (deferred work), so a burst of
 guest ACKs costs one drop, one peek and one TCP_INFO per flow.
 
-State (bits in `TcpConn.state`, transitions only in this module):
+State: bits in `TcpConn.state`, changed only through `tcp_state.next_state`
+with a named event (its docstring holds the full table, which a unit test
+checks against the code):
 
-    guest-initiated: CONNECTING --connect ok--> SYNACK_SENT --guest ACK--> ESTABLISHED
-                     CONNECTING --refused/unreachable/timeout--> RST to guest, closed
-    host-initiated (-t listener): SYN_SENT --guest SYN-ACK--> ESTABLISHED
-                     SYN_SENT --guest RST / timeout--> socket reset, closed
-    ESTABLISHED, plus: GUEST_FIN (shutdown(SHUT_WR) done), GUEST_FIN_ACKED,
-                       SOCK_EOF, FIN_SENT, FIN_ACKED; GUEST_FIN_ACKED and
-                       FIN_ACKED together close the flow.
+    guest SYN --> CONNECTING --connect() ok--> SYNACK_SENT --guest ACK--+
+                  CONNECTING --refused/unreachable/timeout--> RST to guest, closed
+    -t accept --> SYN_SENT ---------------guest SYN-ACK-----------------+--> ESTABLISHED
+                  SYN_SENT --guest RST / timeout--> socket reset, closed
+    ESTABLISHED, then per direction:
+        guest -> host: GUEST_FIN (shutdown(SHUT_WR) done) --peer acked it all--> GUEST_FIN_ACKED
+        host -> guest: SOCK_EOF --> FIN_SENT --guest ACK--> FIN_ACKED
+                                    FIN_SENT --retransmission (rewind)--> cleared, FIN resent
+                                    after the data (EV_FIN_RESEND: the one backward step)
+    GUEST_FIN_ACKED and FIN_ACKED together close the flow.
     RST either way closes the flow (SO_LINGER 0 towards the host peer).
 
 Timeouts: handshake SYN_TIMEOUT_S (10 s), idle ACT_TIMEOUT_S (2 h, as
@@ -117,6 +122,47 @@ from passt.flows.tcp_kernel import (
     tcp_info,
     tune_bulk,
     tune_new,
+)
+from passt.flows.tcp_state import (
+    CONNECTING as CONNECTING,
+)
+from passt.flows.tcp_state import (
+    ESTABLISHED as ESTABLISHED,
+)
+from passt.flows.tcp_state import (
+    EV_CONNECTED,
+    EV_FIN_ACKED,
+    EV_FIN_RESEND,
+    EV_FIN_SENT,
+    EV_GUEST_FIN,
+    EV_GUEST_FIN_ACKED,
+    EV_GUEST_SYN,
+    EV_HANDSHAKE_DONE,
+    EV_SOCK_ACCEPTED,
+    EV_SOCK_EOF,
+    HANDSHAKE,
+    next_state,
+)
+from passt.flows.tcp_state import (
+    FIN_ACKED as FIN_ACKED,
+)
+from passt.flows.tcp_state import (
+    FIN_SENT as FIN_SENT,
+)
+from passt.flows.tcp_state import (
+    GUEST_FIN as GUEST_FIN,
+)
+from passt.flows.tcp_state import (
+    GUEST_FIN_ACKED as GUEST_FIN_ACKED,
+)
+from passt.flows.tcp_state import (
+    SOCK_EOF as SOCK_EOF,
+)
+from passt.flows.tcp_state import (
+    SYN_SENT as SYN_SENT,
+)
+from passt.flows.tcp_state import (
+    SYNACK_SENT as SYNACK_SENT,
 )
 from passt.loop import EVENT_READ, Timer
 from passt.tap.base import GSO_NONE, GSO_TCPV4, GSO_TCPV6
@@ -187,17 +233,8 @@ _EP_MASK: Final = _EP_IN | _EP_OUT | _EP_RDHUP | select.EPOLLET
 #: TCP_INFO for news while ours is this small, even with nothing to acknowledge.
 WINDOW_SMALL: Final = 16384
 
-# state bits
-CONNECTING: Final = 0x001
-SYNACK_SENT: Final = 0x002
-SYN_SENT: Final = 0x004
-ESTABLISHED: Final = 0x008
-SOCK_EOF: Final = 0x010
-FIN_SENT: Final = 0x020
-FIN_ACKED: Final = 0x040
-GUEST_FIN: Final = 0x080
-GUEST_FIN_ACKED: Final = 0x100
-_HANDSHAKE: Final = CONNECTING | SYNACK_SENT | SYN_SENT
+# State bits and the transition table live in tcp_state; the bits are
+# re-exported above ("X as X") because control/flows.py and tests read them as tcp.X.
 
 _INF: Final = float("inf")
 
@@ -403,7 +440,7 @@ class TcpHandler:
             counters.event("tcp_rst_from_guest")
             self._close(conn, rst=True)
             return
-        if state & _HANDSHAKE:
+        if state & HANDSHAKE:
             if not self._handshake_from_tap(conn, seg):
                 return
         elif flags & SYN:
@@ -473,7 +510,7 @@ class TcpHandler:
         key: FlowKey = (af, src, seg.sport, dst, seg.dport)
         tpl = self._template(af, dst, src, seg.dport, seg.sport)
         conn = TcpConn(key, sock, tpl, now, self._fresh_sndbuf)
-        conn.state = CONNECTING
+        conn.state = next_state(0, EV_GUEST_SYN)
         conn.g_isn = seg.seq
         self._syn_params(conn, seg, offered_ws=seg.wscale >= 0)
         conn.wnd_raw_from_guest = seg.window
@@ -549,7 +586,7 @@ class TcpHandler:
         return False
 
     def _established(self, conn: TcpConn) -> None:
-        conn.state = (conn.state & ~_HANDSHAKE) | ESTABLISHED
+        conn.state = next_state(conn.state, EV_HANDSHAKE_DONE)
         conn.info_due = True
         conn.rto = RTO_INIT_S
         conn.retries = 0
@@ -573,7 +610,8 @@ class TcpHandler:
             new = conn.acked + delta
             if fin_off >= 0 and new > fin_off:
                 new = fin_off
-                conn.state |= FIN_ACKED | FIN_SENT
+                if not conn.state & FIN_ACKED:  # (a repeated ACK of our FIN: no news)
+                    conn.state = next_state(conn.state, EV_FIN_ACKED)
             conn.to_drop += new - conn.acked
             conn.acked = new
             if conn.sent < new:
@@ -635,7 +673,7 @@ class TcpHandler:
                 self.ctx.counters.event("tcp_sndbuf_full")
                 return
         if seg.flags & FIN:
-            conn.state |= GUEST_FIN
+            conn.state = next_state(conn.state, EV_GUEST_FIN)
             # With every byte already acknowledged by the peer, the FIN is
             # acknowledged without asking TCP_INFO (TCP_CRR closes).  The ACK
             # itself may wait a little (`_service`): the peer's own FIN
@@ -723,7 +761,7 @@ class TcpHandler:
         self._tune(sock)
         tpl = self._template(af, gsrc, gdst, key[4], target_port)
         conn = TcpConn(key, sock, tpl, now, self._fresh_sndbuf)
-        conn.state = SYN_SENT
+        conn.state = next_state(0, EV_SOCK_ACCEPTED)
         conn.mss = self._our_mss4 if af == 4 else self._our_mss6
         info = self._sock_ready(conn)
         if not self._register(conn):
@@ -813,7 +851,7 @@ class TcpHandler:
             self._close(conn, rst=False)
             return
         info = self._sock_ready(conn)
-        conn.state = (conn.state & ~CONNECTING) | SYNACK_SENT
+        conn.state = next_state(conn.state, EV_CONNECTED)
         self._send_synack(conn, info)
         conn.rto_deadline = now + conn.rto
         self._arm(conn, conn.rto_deadline)
@@ -1001,7 +1039,8 @@ class TcpHandler:
         conn.dup_acks = 0
         conn.sent = conn.acked
         if conn.state & FIN_SENT and not conn.state & FIN_ACKED:
-            conn.state &= ~FIN_SENT  # resent after the data; fin_off still accepts late ACKs
+            # Resent after the data; fin_off still accepts late ACKs (tcp_state: EV_FIN_RESEND).
+            conn.state = next_state(conn.state, EV_FIN_RESEND)
         if conn.peek_off and not set_peek_off(conn.sock):
             conn.peek_off = False
         conn.sock_pending = True
@@ -1152,7 +1191,7 @@ class TcpHandler:
             return
         if got == 0:
             conn.sock_pending = False
-            conn.state |= SOCK_EOF
+            conn.state = next_state(conn.state, EV_SOCK_EOF)
             self._send_fin(conn, now)
             return
         seq = conn.isn + 1 + conn.sent
@@ -1208,7 +1247,7 @@ class TcpHandler:
         conn.ack_sent = ack
         conn.wnd_sent = conn.wnd_raw
         conn.fin_off = conn.sent
-        conn.state |= FIN_SENT
+        conn.state = next_state(conn.state, EV_FIN_SENT)
         if conn.sent > conn.snd_max:
             conn.snd_max = conn.sent
         if not conn.rto_deadline:
@@ -1268,7 +1307,7 @@ class TcpHandler:
             return
         state = conn.state
         counters = self.ctx.counters
-        if state & _HANDSHAKE:
+        if state & HANDSHAKE:
             if now >= conn.syn_deadline:
                 counters.event("tcp_syn_timeout")
                 self._reset(conn)
@@ -1409,7 +1448,8 @@ def _ack_guest_fin(conn: TcpConn) -> bool:
     state = conn.state
     if not state & GUEST_FIN or conn.ack_off < conn.rcvd:
         return False
-    conn.state = state | GUEST_FIN_ACKED
+    if not state & GUEST_FIN_ACKED:
+        conn.state = next_state(state, EV_GUEST_FIN_ACKED)
     return True
 
 

@@ -109,6 +109,10 @@ TRANSITIONS: Final = (
 )  # fmt: skip
 
 
+#: The same rows as plain tuples (requires, forbids, sets, clears): unpacked once per change.
+_ROWS: Final = tuple((t.requires, t.forbids, t.sets, t.clears) for t in TRANSITIONS)
+
+
 def allowed(state: int, event: int) -> bool:
     """May `event` happen in `state` (the table's requires/forbids columns)?"""
     t = TRANSITIONS[event]
@@ -121,11 +125,14 @@ def next_state(state: int, event: int) -> int:
     """The state after `event`: the only place state bits change.
 
     An event the table does not allow in `state` is a broken invariant of
-    tcp.py (callers check the conditions first), hence an assert.
+    tcp.py (callers check the conditions first), hence an assert.  The
+    check is `allowed` written out (no second call per transition).
     """
-    t = TRANSITIONS[event]
-    assert allowed(state, event), f"TCP {t.name} in {describe(state)}"
-    return (state & ~t.clears) | t.sets
+    requires, forbids, sets, clears = _ROWS[event]
+    assert (state & requires if requires else state == 0) and not state & forbids, (
+        f"TCP {TRANSITIONS[event].name} in {describe(state)}"
+    )
+    return (state & ~clears) | sets
 
 
 def describe(state: int) -> str:

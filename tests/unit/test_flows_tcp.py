@@ -1,6 +1,6 @@
 """TCP translation: handshakes, resets, closes, timeouts and hostile input.
 
-A scripted guest (test_flows_tcp_fakes.Guest) talks to TcpHandler through
+A scripted guest (tcp_fakes.Guest) talks to TcpHandler through
 from_tap; real servers listen on 127.0.0.1 / ::1 in threads; every frame to
 the guest is dissected by scapy and its checksums verified.
 """
@@ -14,9 +14,12 @@ from typing import Any
 
 import pytest
 
+from passt.flows import icmp as icmp_mod
+from passt.flows import sockets
 from passt.flows import tcp as tcp_mod
+from passt.flows import udp as udp_mod
 from tests.unit.conftest import GUEST_MAC_STR, OUR_MAC_STR
-from tests.unit.test_flows_tcp_fakes import (
+from tests.unit.tcp_fakes import (
     G4,
     G6,
     GW4,
@@ -49,6 +52,12 @@ def closed_port(af: int) -> int:
     port: int = s.getsockname()[1]
     s.close()
     return port
+
+
+def established(h: tcp_mod.TcpHandler, srv: Server) -> bool:
+    """The server accepted and every flow of `h` is established (handshake done both ways)."""
+    flows = list(h.flows.values())
+    return bool(srv.conns) and bool(flows) and all(c.state & tcp_mod.ESTABLISHED for c in flows)
 
 
 def wait_segs(g: Guest, cond: Any = None, timeout: float = 3.0) -> list[Seg]:
@@ -330,7 +339,7 @@ def test_keepalive_probe_gets_ack() -> None:
     srv = Server(4, lambda c: c.recv(1))
     try:
         g = open_conn(ctx, tap, h, 4, srv.port)
-        assert pump(ctx, lambda: True)
+        assert pump(ctx, lambda: established(h, srv))
         g.take()
         g.send("A", seq=g.snd_nxt - 1)
         seg = wait_segs(g)[0]
@@ -533,6 +542,56 @@ def test_syn_to_bad_destinations_dropped() -> None:
     h.close()
 
 
+#: One address per class, with the decision flows/sockets.py records for it
+#: (docs/conformance_catalogue.toml `flows.dst-forwardable`): TCP applies the same rule.
+TCP_DESTINATIONS: list[tuple[str, bool]] = [
+    ("0.0.0.0", False), ("0.1.2.3", False),  # "this network" 0/8
+    ("10.1.2.3", True), ("127.0.0.1", True),  # loopback: the NOTES rule, not this one
+    ("169.254.1.1", True), ("223.255.255.254", True),
+    ("224.0.0.1", False), ("239.255.255.250", False),  # multicast 224/4
+    ("240.0.0.1", False), ("254.1.2.3", False),  # reserved 240/4 (TCP took these before)
+    ("255.255.255.255", False),  # limited broadcast
+    ("::", False), ("::1", True), ("fe80::1", True), ("fc00::1", True), ("2001:db8::1", True),
+    ("ff02::1", False), ("ff0e::1", False),  # multicast
+    ("::ffff:192.0.2.1", False),  # IPv4-mapped (RFC 4291 section 2.5.5.2)
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("dst", "ok"), TCP_DESTINATIONS)
+def test_syn_destination_rule_per_address_class(dst: str, ok: bool) -> None:
+    """A guest SYN to each address class: the shared rule decides, a socket is asked for only if it allows."""
+    asked: list[int] = []
+
+    def no_socket(family: int, kind: int) -> socket.socket:
+        asked.append(family)
+        raise OSError("no sockets in this test")
+
+    af = 6 if ":" in dst else 4
+    gsrc = G4 if af == 4 else G6
+    ctx, tap, h = make_handler(socket_factory=no_socket)
+    try:
+        assert sockets.dst_forwardable(af, packed(af, dst)) is ok
+        l4 = build_l4(af, gsrc, dst, sport=1000, dport=80, flags="S")
+        h.from_tap(af, packed(af, gsrc), packed(af, dst), memoryview(l4), time.monotonic())
+        assert h.flow_count() == 0
+        if ok:
+            assert asked and ctx.counters.drops["tcp_socket"] == 1
+            assert "tcp_bad_dst" not in ctx.counters.drops
+            assert len(tap.frames) == 1  # RST: no socket for it
+        else:
+            assert not asked and ctx.counters.drops["tcp_bad_dst"] == 1
+            assert tap.frames == []
+    finally:
+        h.close()
+
+
+def test_tcp_and_udp_share_one_destination_rule() -> None:
+    """TCP, UDP and ICMP call the same function, so the rule cannot drift apart."""
+    assert tcp_mod.dst_forwardable is sockets.dst_forwardable
+    assert udp_mod.dst_forwardable is sockets.dst_forwardable
+    assert icmp_mod.dst_forwardable is sockets.dst_forwardable
+
+
 def test_fuzz_segments_into_live_flow_never_raise() -> None:
     """Garbage aimed at a live flow is only ever dropped or answered; nothing escapes."""
     ctx, tap, h = make_handler()
@@ -577,7 +636,7 @@ def test_out_of_order_guest_data_not_sent_and_dup_acked() -> None:
     srv = Server(4, script)
     try:
         g = open_conn(ctx, tap, h, 4, srv.port)
-        assert pump(ctx, lambda: True)
+        assert pump(ctx, lambda: established(h, srv))
         g.take()
         g.send("PA", seq=g.snd_nxt + 5, payload=b"later")
         seg = wait_segs(g)[0]

@@ -15,7 +15,7 @@ import pytest
 
 from passt.flows import tcp as tcp_mod
 from passt.loop import EVENT_READ
-from tests.unit.test_flows_tcp_fakes import G4, GW4, LO4, Guest, Seg, make_handler, pump
+from tests.unit.tcp_fakes import G4, GW4, LO4, Guest, Seg, make_handler, pump
 
 
 class FlakyListener:

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from passt.flows import tcp as tcp_mod
-from tests.unit.test_flows_tcp_fakes import (
+from passt.flows import tcp_kernel
+from tests.unit.tcp_fakes import (
     G4,
     LO4,
     Guest,
@@ -247,7 +248,7 @@ def test_snd_wnd_fallback_fixed_window_ack_on_enqueue(monkeypatch: pytest.Monkey
 
     ctx, tap, h = make_handler()
     # A pre-5.3 kernel: struct tcp_info ends before tcpi_snd_wnd.
-    monkeypatch.setattr(h, "_tcp_info", lambda sock: bytes(192))
+    monkeypatch.setattr(tcp_mod, "tcp_info", lambda sock: bytes(192))
     srv = Server(4, script, rcvbuf=4096)
     try:
         g = open_conn(ctx, tap, h, 4, srv.port)
@@ -287,6 +288,39 @@ def test_fast_retransmit_after_dropped_segment() -> None:
         assert g.digest.hexdigest() == hashlib.sha256(data).hexdigest()
         assert ctx.counters.events["tcp_fast_retransmit"] >= 1
         assert sum(1 for s in g.segs if s.seq == lost.seq and s.payload) >= 1
+    finally:
+        h.close()
+        srv.close()
+
+
+def test_retransmit_after_our_fin_resends_data_then_fin() -> None:
+    """Lost data before our FIN: the rewind clears FIN_SENT (tcp_state EV_FIN_RESEND), data then FIN go again.
+
+    Without the backward step the flow would not peek again (FIN_SENT
+    stops `_push`) and the guest would never get the bytes it lost.
+    """
+    data = os.urandom(3000)
+    ctx, tap, h = make_handler(tap_mtu=1500)
+    srv = Server(4, sender_script(data))
+    try:
+        g = open_conn(ctx, tap, h, 4, srv.port, mss=1460)
+        first: list[Any] = []
+        assert pump(ctx, lambda: gather(g, first) and any("F" in s.flags for s in first))
+        fin = next(s for s in first if "F" in s.flags)
+        assert fin.seq == (g.rcv_nxt + len(data)) & 0xFFFFFFFF
+        conn = next(iter(h.flows.values()))
+        assert conn.state & tcp_mod.FIN_SENT
+        for _ in range(3):
+            g.ack()  # every data segment and the FIN lost: duplicate ACKs
+        again: list[Any] = []
+        assert pump(ctx, lambda: gather(g, again) and any("F" in s.flags for s in again))
+        assert again[0].payload and again[0].seq == g.rcv_nxt  # from the hole, not after the FIN
+        assert next(s for s in again if "F" in s.flags).seq == fin.seq
+        g.absorb(again)
+        assert g.got_fin and g.digest.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert conn.state & tcp_mod.FIN_ACKED
+        g.send_data(b"", flags="FA")
+        assert pump(ctx, lambda: h.flow_count() == 0, step=lambda: g.absorb(g.take()))
     finally:
         h.close()
         srv.close()
@@ -344,7 +378,7 @@ class NoPeekOffSocket(socket.socket):
     """A socket as on kernels before TCP supported SO_PEEK_OFF."""
 
     def setsockopt(self, level: int, opt: int, value: Any, *rest: Any) -> None:
-        if level == socket.SOL_SOCKET and opt == tcp_mod.SO_PEEK_OFF:
+        if level == socket.SOL_SOCKET and opt == tcp_kernel.SO_PEEK_OFF:
             raise OSError(95, "Operation not supported")
         super().setsockopt(level, opt, value, *rest)
 

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from passt.flows import tcp as tcp_mod
-from tests.unit.test_flows_tcp_fakes import (
+from passt.flows import tcp_kernel
+from tests.unit.tcp_fakes import (
     G4,
     LO4,
     Guest,
@@ -110,10 +111,10 @@ def test_host_socket_tuning() -> None:
         with open("/proc/sys/net/core/wmem_max", encoding="ascii") as f:
             wmem_max = int(f.read())
         bulk_sndbuf = 2 * min(1 << 20, wmem_max)
-        assert sock.getsockopt(socket.SOL_SOCKET, tcp_mod.SO_TIMESTAMPING) == 0
+        assert sock.getsockopt(socket.SOL_SOCKET, tcp_kernel.SO_TIMESTAMPING) == 0
         g.send_data(b"q" * 100)
         pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=2)
-        assert sock.getsockopt(socket.SOL_SOCKET, tcp_mod.SO_TIMESTAMPING) == 0
+        assert sock.getsockopt(socket.SOL_SOCKET, tcp_kernel.SO_TIMESTAMPING) == 0
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) != bulk_sndbuf
         blob = os.urandom(tcp_mod.BULK_BYTES)
         for off in range(0, len(blob), 16384):
@@ -121,8 +122,8 @@ def test_host_socket_tuning() -> None:
             pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=2)
         assert pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=3)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == bulk_sndbuf
-        flags = sock.getsockopt(socket.SOL_SOCKET, tcp_mod.SO_TIMESTAMPING)
-        assert flags == tcp_mod.ACK_TSTAMP_FLAGS
+        flags = sock.getsockopt(socket.SOL_SOCKET, tcp_kernel.SO_TIMESTAMPING)
+        assert flags == tcp_kernel.ACK_TSTAMP_FLAGS
     finally:
         h.close()
         srv.close()
@@ -132,7 +133,7 @@ def test_default_sndbuf_is_half_the_autotuning_ceiling() -> None:
     """Asked for: half of tcp_wmem's maximum, which the kernel doubles to the autotuning ceiling."""
     with open("/proc/sys/net/ipv4/tcp_wmem", encoding="ascii") as f:
         ceiling = int(f.read().split()[2])
-    assert tcp_mod._default_sndbuf() == ceiling // 2
+    assert tcp_kernel.default_sndbuf() == ceiling // 2
 
 
 def test_connect_answered_in_the_same_turn() -> None:
@@ -276,8 +277,8 @@ def test_guest_fin_after_acked_data_is_acked_without_tcp_info(monkeypatch: pytes
         g.absorb(segs)
         assert the_conn(h).ack_off == the_conn(h).rcvd == 1
         calls: list[object] = []
-        real = h._tcp_info
-        monkeypatch.setattr(h, "_tcp_info", lambda sock: calls.append(sock) or real(sock))
+        real = tcp_kernel.tcp_info
+        monkeypatch.setattr(tcp_mod, "tcp_info", lambda sock: calls.append(sock) or real(sock))
         g.send("FA")
         g.snd_nxt += 1
         segs = []

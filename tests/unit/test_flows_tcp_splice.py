@@ -30,11 +30,9 @@ from passt.flows import tcp_splice
 from passt.flows.tcp_splice import (
     PIPE_SIZE,
     SpliceHandler,
-    is_loopback_peer,
     loopback_or_wildcard,
     make_pipe,
     parse_loopback_ports,
-    peer_family,
 )
 from passt.loop import EVENT_READ
 from tests.unit.fakes import make_ctx, pump
@@ -425,24 +423,6 @@ def test_non_loopback_peer_goes_to_fallback(monkeypatch: pytest.MonkeyPatch) -> 
         client.close()
     finally:
         b.close()
-
-
-@pytest.mark.parametrize(
-    ("host", "loop"),
-    [("127.0.0.1", True), ("127.1.2.3", True), ("::1", True), ("::ffff:127.0.0.1", True),
-     ("10.0.0.1", False), ("::ffff:10.0.0.1", False), ("2001:db8::1", False), ("::2", False),
-     ("128.0.0.1", False)],
-)  # fmt: skip
-def test_is_loopback_peer(host: str, loop: bool) -> None:
-    """Loopback means 127.0.0.0/8, ::1 and their v4-mapped form, nothing else."""
-    assert is_loopback_peer(host) is loop
-
-
-def test_peer_family() -> None:
-    """v4-mapped peers are served over IPv4 on the other side."""
-    assert peer_family("127.0.0.1") == socket.AF_INET
-    assert peer_family("::ffff:127.0.0.1") == socket.AF_INET
-    assert peer_family("::1") == socket.AF_INET6
 
 
 # auto scan of the host's loopback ------------------------------------------------

@@ -68,15 +68,20 @@ events and guest segments only mark a flow dirty; all socket I/O and frame
 building happen once per loop turn in `_post` (deferred work), so a burst of
 guest ACKs costs one drop, one peek and one TCP_INFO per flow.
 
-State (bits in `TcpConn.state`, transitions only in this module):
+State: bits in `TcpConn.state`, changed only through `tcp_state.next_state`
+with a named event (its docstring holds the full table, which a unit test
+checks against the code):
 
-    guest-initiated: CONNECTING --connect ok--> SYNACK_SENT --guest ACK--> ESTABLISHED
-                     CONNECTING --refused/unreachable/timeout--> RST to guest, closed
-    host-initiated (-t listener): SYN_SENT --guest SYN-ACK--> ESTABLISHED
-                     SYN_SENT --guest RST / timeout--> socket reset, closed
-    ESTABLISHED, plus: GUEST_FIN (shutdown(SHUT_WR) done), GUEST_FIN_ACKED,
-                       SOCK_EOF, FIN_SENT, FIN_ACKED; GUEST_FIN_ACKED and
-                       FIN_ACKED together close the flow.
+    guest SYN --> CONNECTING --connect() ok--> SYNACK_SENT --guest ACK--+
+                  CONNECTING --refused/unreachable/timeout--> RST to guest, closed
+    -t accept --> SYN_SENT ---------------guest SYN-ACK-----------------+--> ESTABLISHED
+                  SYN_SENT --guest RST / timeout--> socket reset, closed
+    ESTABLISHED, then per direction:
+        guest -> host: GUEST_FIN (shutdown(SHUT_WR) done) --peer acked it all--> GUEST_FIN_ACKED
+        host -> guest: SOCK_EOF --> FIN_SENT --guest ACK--> FIN_ACKED
+                                    FIN_SENT --retransmission (rewind)--> cleared, FIN resent
+                                    after the data (EV_FIN_RESEND: the one backward step)
+    GUEST_FIN_ACKED and FIN_ACKED together close the flow.
     RST either way closes the flow (SO_LINGER 0 towards the host peer).
 
 Timeouts: handshake SYN_TIMEOUT_S (10 s), idle ACT_TIMEOUT_S (2 h, as
@@ -91,19 +96,74 @@ from __future__ import annotations
 
 import errno
 import functools
-import logging
 import os
 import select
 import socket
-import struct
 from collections.abc import Callable, Set
 from typing import Final
 
 from passt.context import Context
 from passt.flows import nat
 from passt.flows.outbound import Outbound
+from passt.flows.sockets import close_rst, dst_forwardable, link_scope
 from passt.flows.table import FLOW_MAX, FlowTable
 from passt.flows.tcp_frames import FrameRing, FrameTemplate, build_control, gso_payload_cap
+from passt.flows.tcp_kernel import (
+    TCP_INFO_LEN,
+    TI_ACKED_WND,
+    TI_BYTES_ACKED_OFF,
+    default_sndbuf,
+    drain_errqueue,
+    info_bytes_acked,
+    info_snd_wnd,
+    meminfo,
+    poll_out,
+    set_peek_off,
+    tcp_info,
+    tune_bulk,
+    tune_new,
+)
+from passt.flows.tcp_state import (
+    CONNECTING as CONNECTING,
+)
+from passt.flows.tcp_state import (
+    ESTABLISHED as ESTABLISHED,
+)
+from passt.flows.tcp_state import (
+    EV_CONNECTED,
+    EV_FIN_ACKED,
+    EV_FIN_RESEND,
+    EV_FIN_SENT,
+    EV_GUEST_FIN,
+    EV_GUEST_FIN_ACKED,
+    EV_GUEST_SYN,
+    EV_HANDSHAKE_DONE,
+    EV_SOCK_ACCEPTED,
+    EV_SOCK_EOF,
+    HANDSHAKE,
+    next_state,
+)
+from passt.flows.tcp_state import (
+    FIN_ACKED as FIN_ACKED,
+)
+from passt.flows.tcp_state import (
+    FIN_SENT as FIN_SENT,
+)
+from passt.flows.tcp_state import (
+    GUEST_FIN as GUEST_FIN,
+)
+from passt.flows.tcp_state import (
+    GUEST_FIN_ACKED as GUEST_FIN_ACKED,
+)
+from passt.flows.tcp_state import (
+    SOCK_EOF as SOCK_EOF,
+)
+from passt.flows.tcp_state import (
+    SYN_SENT as SYN_SENT,
+)
+from passt.flows.tcp_state import (
+    SYNACK_SENT as SYNACK_SENT,
+)
 from passt.loop import EVENT_READ, Timer
 from passt.tap.base import GSO_NONE, GSO_TCPV4, GSO_TCPV6
 from passt.wire.errors import ParseError
@@ -119,26 +179,9 @@ from passt.wire.tcp import (
     syn_options,
 )
 
-log = logging.getLogger("passt")
-
 SocketFactory = Callable[[int, int], socket.socket]
 FlowKey = tuple[int, bytes, int, bytes, int]
 
-#: setsockopt(SOL_SOCKET, SO_PEEK_OFF): not exported by the socket module.
-SO_PEEK_OFF: Final = 42
-#: struct tcp_info up to and including tcpi_snd_wnd (linux/tcp.h, Linux >= 5.3).
-TCP_INFO_LEN: Final = 232
-#: Offsets in struct tcp_info: tcpi_bytes_acked (u64) and tcpi_snd_wnd (u32).
-_TI_BYTES_ACKED: Final = struct.Struct("=Q")
-_TI_BYTES_ACKED_OFF: Final = 120
-_TI_SND_WND: Final = struct.Struct("=I")
-_TI_SND_WND_OFF: Final = 228
-_LINGER_RST: Final = struct.pack("ii", 1, 0)
-#: getsockopt(SOL_SOCKET, SO_MEMINFO): u32 sk_meminfo array (linux/sock_diag.h).
-SO_MEMINFO: Final = 55
-_MEMINFO: Final = struct.Struct("=9I")
-SK_MEMINFO_SNDBUF: Final = 3
-SK_MEMINFO_WMEM_QUEUED: Final = 5
 #: Payload per truesize byte assumed before the queue tells us (small skbs cost ~2x).
 TRUESIZE_RATIO_DEFAULT: Final = 0.5
 TRUESIZE_RATIO_MIN: Final = 0.25
@@ -171,23 +214,10 @@ ACCEPT_BACKOFF_S: Final = 0.1
 EPOLL_BATCH: Final = 256
 #: Scratch for MSG_TRUNC drops and peeks without SO_PEEK_OFF (virtual until touched).
 SCRATCH_BYTES: Final = 16 << 20
-#: SO_TIMESTAMPING (asm-generic/socket.h) and the flags we use (linux/net_tstamp.h):
-#: report (software, no payload looped back) when the peer ACKs each send's last byte.
-SO_TIMESTAMPING: Final = 37
-SOF_TIMESTAMPING_SOFTWARE: Final = 1 << 4
-SOF_TIMESTAMPING_TX_ACK: Final = 1 << 9
-SOF_TIMESTAMPING_OPT_TSONLY: Final = 1 << 11
-ACK_TSTAMP_FLAGS: Final = (
-    SOF_TIMESTAMPING_TX_ACK | SOF_TIMESTAMPING_SOFTWARE | SOF_TIMESTAMPING_OPT_TSONLY
-)
-#: Error-queue messages drained per flow and turn (each is one ACK notification).
-ERRQUEUE_BATCH: Final = 256
 #: Bytes of randomness fetched at once for initial sequence numbers.
 RANDOM_POOL_BYTES: Final = 4096
 #: Guest-to-host bytes after which a flow counts as bulk and gets SO_SNDBUF and ACK events.
 BULK_BYTES: Final = 64 << 10
-#: Send buffer asked for when /proc/sys/net/ipv4/tcp_wmem can't be read (Linux default max).
-SNDBUF_DEFAULT: Final = 4 << 20
 
 _M: Final = 0xFFFFFFFF
 _NEG: Final = 0x80000000
@@ -202,19 +232,9 @@ _EP_MASK: Final = _EP_IN | _EP_OUT | _EP_RDHUP | select.EPOLLET
 #: avoidance waits for min(MSS, half the largest window seen)): keep asking
 #: TCP_INFO for news while ours is this small, even with nothing to acknowledge.
 WINDOW_SMALL: Final = 16384
-_MSG_ERRQUEUE: Final = 0x2000  # linux/socket.h
 
-# state bits
-CONNECTING: Final = 0x001
-SYNACK_SENT: Final = 0x002
-SYN_SENT: Final = 0x004
-ESTABLISHED: Final = 0x008
-SOCK_EOF: Final = 0x010
-FIN_SENT: Final = 0x020
-FIN_ACKED: Final = 0x040
-GUEST_FIN: Final = 0x080
-GUEST_FIN_ACKED: Final = 0x100
-_HANDSHAKE: Final = CONNECTING | SYNACK_SENT | SYN_SENT
+# State bits and the transition table live in tcp_state; the bits are
+# re-exported above ("X as X") because control/flows.py and tests read them as tcp.X.
 
 _INF: Final = float("inf")
 
@@ -346,7 +366,7 @@ class TcpHandler:
         self.loopback_dst = loopback_dst
         self._socket = socket_factory
         #: SO_SNDBUF asked for on host sockets (0: leave the kernel's autotuning alone).
-        self._sndbuf = _default_sndbuf() if sndbuf is None else sndbuf
+        self._sndbuf = default_sndbuf() if sndbuf is None else sndbuf
         #: Send buffer of a fresh connection's socket, learned from the first
         #: SO_MEMINFO read: new connections start from it (one system call
         #: less per connection; see `_sndbuf_room`).
@@ -420,8 +440,8 @@ class TcpHandler:
             counters.event("tcp_rst_from_guest")
             self._close(conn, rst=True)
             return
-        if state & _HANDSHAKE:
-            if not self._handshake_from_tap(conn, seg, now):
+        if state & HANDSHAKE:
+            if not self._handshake_from_tap(conn, seg):
                 return
         elif flags & SYN:
             # RFC 5961 section 4: a SYN in a synchronized state gets a challenge ACK.
@@ -454,7 +474,7 @@ class TcpHandler:
             counters.drop("tcp_unknown_flow")
             self._rst_unknown(af, src, dst, seg, plen)
             return
-        if not _dst_ok(af, dst):
+        if not dst_forwardable(af, dst):
             counters.drop("tcp_bad_dst")
             return
         if not self.loopback_dst and nat.is_loopback(af, dst):
@@ -480,7 +500,7 @@ class TcpHandler:
         if af == 4:
             addr = (host, seg.dport)
         else:
-            addr = (host, seg.dport, 0, self._scope(real))
+            addr = (host, seg.dport, 0, link_scope(self.ctx.conf.out_ifname, af, real))
         rc = self._out.connect_ex(sock, af, real, addr)
         if rc not in (0, errno.EINPROGRESS):
             sock.close()
@@ -490,7 +510,7 @@ class TcpHandler:
         key: FlowKey = (af, src, seg.sport, dst, seg.dport)
         tpl = self._template(af, dst, src, seg.dport, seg.sport)
         conn = TcpConn(key, sock, tpl, now, self._fresh_sndbuf)
-        conn.state = CONNECTING
+        conn.state = next_state(0, EV_GUEST_SYN)
         conn.g_isn = seg.seq
         self._syn_params(conn, seg, offered_ws=seg.wscale >= 0)
         conn.wnd_raw_from_guest = seg.window
@@ -519,7 +539,7 @@ class TcpHandler:
             conn.ws_from_guest = 0
             conn.ws_to_guest = 0
 
-    def _handshake_from_tap(self, conn: TcpConn, seg: TcpSegment, now: float) -> bool:
+    def _handshake_from_tap(self, conn: TcpConn, seg: TcpSegment) -> bool:
         """Segments during the handshake; True when the segment goes on to normal processing."""
         state = conn.state
         flags = seg.flags
@@ -566,7 +586,7 @@ class TcpHandler:
         return False
 
     def _established(self, conn: TcpConn) -> None:
-        conn.state = (conn.state & ~_HANDSHAKE) | ESTABLISHED
+        conn.state = next_state(conn.state, EV_HANDSHAKE_DONE)
         conn.info_due = True
         conn.rto = RTO_INIT_S
         conn.retries = 0
@@ -590,7 +610,8 @@ class TcpHandler:
             new = conn.acked + delta
             if fin_off >= 0 and new > fin_off:
                 new = fin_off
-                conn.state |= FIN_ACKED | FIN_SENT
+                if not conn.state & FIN_ACKED:  # (a repeated ACK of our FIN: no news)
+                    conn.state = next_state(conn.state, EV_FIN_ACKED)
             conn.to_drop += new - conn.acked
             conn.acked = new
             if conn.sent < new:
@@ -652,7 +673,7 @@ class TcpHandler:
                 self.ctx.counters.event("tcp_sndbuf_full")
                 return
         if seg.flags & FIN:
-            conn.state |= GUEST_FIN
+            conn.state = next_state(conn.state, EV_GUEST_FIN)
             # With every byte already acknowledged by the peer, the FIN is
             # acknowledged without asking TCP_INFO (TCP_CRR closes).  The ACK
             # itself may wait a little (`_service`): the peer's own FIN
@@ -693,7 +714,7 @@ class TcpHandler:
                     ctx.loop.suspend(lsock.fileno(), ACCEPT_BACKOFF_S)
                 return
             if not self.accept_socket(sock, target_port, now):
-                _close_rst(sock)
+                close_rst(sock)
 
     def accept_socket(self, sock: socket.socket, target_port: int, now: float) -> bool:
         """Take an accepted host connection towards the guest's `target_port` (SYN to the guest).
@@ -740,7 +761,7 @@ class TcpHandler:
         self._tune(sock)
         tpl = self._template(af, gsrc, gdst, key[4], target_port)
         conn = TcpConn(key, sock, tpl, now, self._fresh_sndbuf)
-        conn.state = SYN_SENT
+        conn.state = next_state(0, EV_SOCK_ACCEPTED)
         conn.mss = self._our_mss4 if af == 4 else self._our_mss6
         info = self._sock_ready(conn)
         if not self._register(conn):
@@ -751,9 +772,6 @@ class TcpHandler:
         conn.rto_deadline = now + conn.rto
         self._arm(conn, conn.rto_deadline)
         return True
-
-    #: Old name, kept for callers written before `accept_socket` was public.
-    _accepted = accept_socket
 
     def _tune(self, sock: socket.socket) -> None:
         """Host socket options for the translated data path (see the module doc).
@@ -771,53 +789,37 @@ class TcpHandler:
         they wait for BULK_BYTES of guest data (`_tune_bulk`), so short
         request/response flows (TCP_CRR) never pay for them.
         """
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+        tune_new(sock)
 
     def _tune_bulk(self, conn: TcpConn) -> None:
         """The guest sends in bulk: full send buffer and ACK events (see `_tune`)."""
         conn.bulk = True
         conn.sndbuf = 0  # re-read SO_MEMINFO: the buffer grows now
-        sock = conn.sock
-        if self._sndbuf > 0:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._sndbuf)
-            except OSError:
-                pass
-        if self._ack_events:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, ACK_TSTAMP_FLAGS)
-            except OSError:
-                pass
+        tune_bulk(conn.sock, self._sndbuf, self._ack_events)
 
     def _register(self, conn: TcpConn) -> bool:
         """Enter a new flow in the table and the inner epoll; False (socket reset) on failure."""
         if not self.flows.add(conn.key, conn):
             self.ctx.counters.drop("tcp_flow_table_full")
-            _close_rst(conn.sock)
+            close_rst(conn.sock)
             return False
         try:
             self._ep.register(conn.fd, _EP_MASK)
         except OSError:
             self.ctx.counters.drop("tcp_epoll")
             self.flows.remove(conn.key)
-            _close_rst(conn.sock)
+            close_rst(conn.sock)
             return False
         self._by_fd[conn.fd] = conn
         return True
 
     def _sock_ready(self, conn: TcpConn) -> bytes:
         """A connected socket: set the peek offset, note the TCP_INFO baseline (returned)."""
-        try:
-            conn.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-        except OSError:
+        if not set_peek_off(conn.sock):
             conn.peek_off = False
             self.ctx.counters.event("tcp_no_peek_off")
-        info = self._tcp_info(conn.sock)
-        if len(info) >= _TI_BYTES_ACKED_OFF + 8:
-            (conn.acked_base,) = _TI_BYTES_ACKED.unpack_from(info, _TI_BYTES_ACKED_OFF)
+        info = tcp_info(conn.sock)
+        conn.acked_base = info_bytes_acked(info)
         return info
 
     def _connected_now(self, conn: TcpConn) -> int:
@@ -828,14 +830,7 @@ class TcpHandler:
         poll() sees writable (or an error) once the connect has completed.
         Returns the poll events (0: still in progress).
         """
-        poller = self._poll_out
-        try:
-            poller.register(conn.fd, select.POLLOUT)
-            ready = poller.poll(0)
-            poller.unregister(conn.fd)
-        except (OSError, ValueError):
-            return 0
-        return ready[0][1] if ready else 0
+        return poll_out(self._poll_out, conn.fd)
 
     def _connect_done(self, conn: TcpConn, now: float, *, clean: bool = False) -> None:
         """The host connect() finished: SYN-ACK to the guest, or RST on failure.
@@ -856,7 +851,7 @@ class TcpHandler:
             self._close(conn, rst=False)
             return
         info = self._sock_ready(conn)
-        conn.state = (conn.state & ~CONNECTING) | SYNACK_SENT
+        conn.state = next_state(conn.state, EV_CONNECTED)
         self._send_synack(conn, info)
         conn.rto_deadline = now + conn.rto
         self._arm(conn, conn.rto_deadline)
@@ -864,11 +859,11 @@ class TcpHandler:
     def _initial_window(self, conn: TcpConn, info: bytes | None = None) -> int:
         """Window for our SYN/SYN-ACK (never scaled): the peer's, at most 65535."""
         if info is None:
-            info = self._tcp_info(conn.sock)
-        if len(info) < TCP_INFO_LEN:
+            info = tcp_info(conn.sock)
+        wnd = info_snd_wnd(info)
+        if wnd < 0:
             return SND_WND_FALLBACK
-        (wnd,) = _TI_SND_WND.unpack_from(info, _TI_SND_WND_OFF)
-        return min(int(wnd), 65535) if wnd else 65535
+        return min(wnd, 65535) if wnd else 65535
 
     def _send_synack(self, conn: TcpConn, info: bytes | None = None) -> None:
         ours = self._our_mss4 if conn.af == 4 else self._our_mss6
@@ -935,14 +930,9 @@ class TcpHandler:
             self._mark(conn)
 
     def _drain_errqueue(self, conn: TcpConn) -> None:
-        """Discard queued ACK notifications (one read each: there is no batch read)."""
-        recv_into = conn.sock.recv_into
-        buf = self._errbuf
-        for _ in range(ERRQUEUE_BATCH):
-            try:
-                recv_into(buf, 1, _MSG_ERRQUEUE)
-            except OSError:  # BlockingIOError: queue empty
-                return
+        """Discard queued ACK notifications, at most a batch per turn (tcp_kernel.drain_errqueue)."""
+        if drain_errqueue(conn.sock, self._errbuf):
+            return
         # More than a batch: finish next turn (the epoll edge is spent).
         self._errq_more.append(conn)
         self._mark(conn)
@@ -1049,21 +1039,12 @@ class TcpHandler:
         conn.dup_acks = 0
         conn.sent = conn.acked
         if conn.state & FIN_SENT and not conn.state & FIN_ACKED:
-            conn.state &= ~FIN_SENT  # resent after the data; fin_off still accepts late ACKs
-        if conn.peek_off:
-            try:
-                conn.sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-            except OSError:
-                conn.peek_off = False
+            # Resent after the data; fin_off still accepts late ACKs (tcp_state: EV_FIN_RESEND).
+            conn.state = next_state(conn.state, EV_FIN_RESEND)
+        if conn.peek_off and not set_peek_off(conn.sock):
+            conn.peek_off = False
         conn.sock_pending = True
         self.ctx.counters.event("tcp_retransmit")
-
-    def _tcp_info(self, sock: socket.socket) -> bytes:
-        """struct tcp_info up to tcpi_snd_wnd; shorter on kernels before 5.3."""
-        try:
-            return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_LEN)
-        except OSError:
-            return b""
 
     def _update_ack(self, conn: TcpConn) -> None:
         """Reflect the peer: ACK what it acknowledged, announce its window (man page NOTES).
@@ -1078,7 +1059,7 @@ class TcpHandler:
         the kernel grows an autotuned send buffer on the next ACKs.
         """
         sock = conn.sock
-        info = b"" if conn.no_tcpinfo else self._tcp_info(sock)
+        info = b"" if conn.no_tcpinfo else tcp_info(sock)
         if len(info) < TCP_INFO_LEN:
             if not conn.no_tcpinfo:
                 conn.no_tcpinfo = True
@@ -1086,8 +1067,7 @@ class TcpHandler:
             ack_off = conn.rcvd
             wnd = SND_WND_FALLBACK
         else:
-            (bytes_acked,) = _TI_BYTES_ACKED.unpack_from(info, _TI_BYTES_ACKED_OFF)
-            (snd_wnd,) = _TI_SND_WND.unpack_from(info, _TI_SND_WND_OFF)
+            bytes_acked, snd_wnd = TI_ACKED_WND.unpack_from(info, TI_BYTES_ACKED_OFF)
             peer_acked = int(bytes_acked) - conn.acked_base
             ack_off = min(peer_acked, conn.rcvd)
             if conn.ack_all:
@@ -1119,15 +1099,10 @@ class TcpHandler:
             # Nearly empty: estimate the queue from the bytes in it.
             ratio = conn.truesize_ratio
             return int(sndbuf_known * ratio) - max(outq, 0)
-        try:
-            meminfo = conn.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size)
-        except OSError:
+        mem = meminfo(conn.sock)
+        if mem is None:
             return -1
-        if len(meminfo) < _MEMINFO.size:
-            return -1
-        values = _MEMINFO.unpack(meminfo)
-        sndbuf: int = values[SK_MEMINFO_SNDBUF]
-        queued: int = values[SK_MEMINFO_WMEM_QUEUED]
+        sndbuf, queued = mem
         conn.sndbuf = sndbuf
         if not conn.bulk and not self._fresh_sndbuf:
             self._fresh_sndbuf = sndbuf
@@ -1140,9 +1115,7 @@ class TcpHandler:
             ratio = conn.truesize_ratio
         free = sndbuf - queued
         if free * 2 < queued:
-            self._poll_out.register(conn.fd, select.POLLOUT)
-            self._poll_out.poll(0)
-            self._poll_out.unregister(conn.fd)
+            poll_out(self._poll_out, conn.fd)  # marks SOCK_NOSPACE
         return int(free * ratio) if free > 0 else 0
 
     def _send_ack(self, conn: TcpConn, copies: int = 1) -> None:
@@ -1173,7 +1146,7 @@ class TcpHandler:
             avail = min(avail, room)
         tpl = conn.tpl
         if tpl.guest_mac is not self.ctx.guest.mac:
-            tpl = conn.tpl = self._retemplate(tpl, conn)
+            tpl = conn.tpl = self._retemplate(conn)
         mss = conn.mss
         cap = gso_payload_cap(conn.af, mss) if offload else mss
         slots = ring.slots
@@ -1218,7 +1191,7 @@ class TcpHandler:
             return
         if got == 0:
             conn.sock_pending = False
-            conn.state |= SOCK_EOF
+            conn.state = next_state(conn.state, EV_SOCK_EOF)
             self._send_fin(conn, now)
             return
         seq = conn.isn + 1 + conn.sent
@@ -1274,7 +1247,7 @@ class TcpHandler:
         conn.ack_sent = ack
         conn.wnd_sent = conn.wnd_raw
         conn.fin_off = conn.sent
-        conn.state |= FIN_SENT
+        conn.state = next_state(conn.state, EV_FIN_SENT)
         if conn.sent > conn.snd_max:
             conn.snd_max = conn.sent
         if not conn.rto_deadline:
@@ -1305,7 +1278,7 @@ class TcpHandler:
         # No EPOLL_CTL_DEL: closing the (never duplicated) descriptor removes
         # it from the inner epoll, one system call less per connection.
         if rst:
-            _close_rst(conn.sock)
+            close_rst(conn.sock)
         else:
             conn.sock.close()
         if conn.timer is not None:
@@ -1334,7 +1307,7 @@ class TcpHandler:
             return
         state = conn.state
         counters = self.ctx.counters
-        if state & _HANDSHAKE:
+        if state & HANDSHAKE:
             if now >= conn.syn_deadline:
                 counters.event("tcp_syn_timeout")
                 self._reset(conn)
@@ -1399,7 +1372,7 @@ class TcpHandler:
         if self._delack_timer is None:
             self._delack_timer = self.ctx.loop.call_at(now + ACK_DELAY_S, self._on_delack)
 
-    def _on_delack(self, now: float) -> None:
+    def _on_delack(self, _now: float) -> None:
         self._delack_timer = None
         conns = self._delack
         self._delack = []
@@ -1418,7 +1391,7 @@ class TcpHandler:
         if self._poll_timer is None:
             self._poll_timer = self.ctx.loop.call_at(now + ACK_POLL_S, self._on_poll)
 
-    def _on_poll(self, now: float) -> None:
+    def _on_poll(self, _now: float) -> None:
         self._poll_timer = None
         conns = self._poll
         self._poll = []
@@ -1434,7 +1407,7 @@ class TcpHandler:
         if self._starved_timer is None:
             self._starved_timer = self.ctx.loop.call_at(now, self._on_starved)
 
-    def _on_starved(self, now: float) -> None:
+    def _on_starved(self, _now: float) -> None:
         self._starved_timer = None
         conns = self._starved
         self._starved = []
@@ -1464,19 +1437,10 @@ class TcpHandler:
         ctx = self.ctx
         return FrameTemplate(af, ctx.guest.mac, ctx.conf.our_mac, src, dst, sport, dport)
 
-    def _retemplate(self, tpl: FrameTemplate, conn: TcpConn) -> FrameTemplate:
+    def _retemplate(self, conn: TcpConn) -> FrameTemplate:
         """The guest's MAC changed since the flow began: rebuild its template."""
         af, gaddr, gport, raddr, rport = conn.key
         return self._template(af, raddr, gaddr, rport, gport)
-
-    def _scope(self, dst: bytes) -> int:
-        """Interface index for a link-local IPv6 destination (the outbound interface)."""
-        if not nat.is_link_local6(dst):
-            return 0
-        try:
-            return socket.if_nametoindex(self.ctx.conf.out_ifname)
-        except OSError:
-            return 0
 
 
 def _ack_guest_fin(conn: TcpConn) -> bool:
@@ -1484,7 +1448,8 @@ def _ack_guest_fin(conn: TcpConn) -> bool:
     state = conn.state
     if not state & GUEST_FIN or conn.ack_off < conn.rcvd:
         return False
-    conn.state = state | GUEST_FIN_ACKED
+    if not state & GUEST_FIN_ACKED:
+        conn.state = next_state(state, EV_GUEST_FIN_ACKED)
     return True
 
 
@@ -1527,30 +1492,3 @@ class _RandomPool:
 
 
 _RANDOM: Final = _RandomPool()
-
-
-def _default_sndbuf() -> int:
-    """Half of tcp_wmem's maximum: the kernel doubles SO_SNDBUF (capped by wmem_max)."""
-    try:
-        with open("/proc/sys/net/ipv4/tcp_wmem", encoding="ascii") as f:
-            fields = f.read().split()
-        return max(int(fields[2]) // 2, 1)
-    except (OSError, ValueError, IndexError):
-        return SNDBUF_DEFAULT // 2
-
-
-def _dst_ok(af: int, dst: bytes) -> bool:
-    """Unicast destinations only: not "this network" (0/8), broadcast, multicast,
-    unspecified, or IPv4-mapped IPv6 (RFC 4291 section 2.5.5.2: not for the wire)."""
-    if af == 4:
-        return dst[0] != 0 and dst != b"\xff\xff\xff\xff" and not 224 <= dst[0] <= 239
-    return dst != bytes(16) and dst[0] != 0xFF and dst[:12] != nat.V4MAPPED_PREFIX
-
-
-def _close_rst(sock: socket.socket) -> None:
-    """Close so the peer sees a reset (SO_LINGER with zero timeout)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-    except OSError:
-        pass
-    sock.close()

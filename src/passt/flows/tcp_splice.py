@@ -75,24 +75,27 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import select
 import socket
-import struct
 import sys
 from collections.abc import Callable
 from typing import Final
 
+from passt import log
 from passt.context import Context
+from passt.flows.sockets import (
+    LOOPBACK4,
+    LOOPBACK6,
+    SocketFactory,
+    close_rst,
+    is_loopback_peer,
+    peer_family,
+)
 from passt.flows.table import FLOW_MAX, FlowTable
 from passt.flows.tcp import ACCEPT_BACKOFF_S
 from passt.loop import EVENT_READ, Timer
 
-log = logging.getLogger("passt")
-
-#: Creates a socket on the target side: (family, type, proto).
-SocketFactory = Callable[[int, int, int], socket.socket]
 #: Hands a non-loopback accepted socket to the tap path; False: refused (we reset it).
 AcceptFallback = Callable[[socket.socket, int, float], bool]
 
@@ -114,41 +117,12 @@ _EP_OUT: Final = select.EPOLLOUT
 _EP_ERR: Final = select.EPOLLERR
 _EP_HUP: Final = select.EPOLLHUP
 
-_LINGER_RST: Final = struct.pack("ii", 1, 0)
-
-LOOPBACK4: Final = "127.0.0.1"
-LOOPBACK6: Final = "::1"
 
 #: Errors from splice() or connect() that mean the connection is gone (reset both sides).
 _CONN_ERRORS: Final = frozenset(
     {errno.ECONNRESET, errno.EPIPE, errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ENOTCONN,
      errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNABORTED}
 )  # fmt: skip
-
-
-def is_loopback_peer(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ::ffff:127.x.y.z (a socket address's host part)."""
-    if host.startswith("127."):
-        return True
-    if host == "::1":
-        return True
-    return host.startswith("::ffff:127.")
-
-
-def peer_family(host: str) -> int:
-    """The family to use on the other side: IPv4 for IPv4 and v4-mapped peers."""
-    if ":" not in host or host.startswith("::ffff:") and "." in host:
-        return socket.AF_INET
-    return socket.AF_INET6
-
-
-def close_rst(sock: socket.socket) -> None:
-    """Close so the peer sees a reset (SO_LINGER with a zero timeout)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-    except OSError:
-        pass
-    sock.close()
 
 
 def make_pipe(size: int) -> tuple[int, int, int]:
@@ -406,7 +380,8 @@ class SpliceHandler:
         except OSError as e:
             conn.pending[d] = pending
             if e.errno not in _CONN_ERRORS:
-                log.debug("%s: splice error %s", self.name, e)
+                if log.debug_enabled:
+                    log.debug(f"{self.name}: splice error {e}")
             self._close(conn, rst=True)
             return False
         conn.pending[d] = pending

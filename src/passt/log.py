@@ -78,8 +78,6 @@ def setup(
     root = logging.getLogger()
     root.handlers[:] = [_Bridge()]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
-    # pyroute2 narrates every netlink message at debug level: not ours to show
-    logging.getLogger("pyroute2").setLevel(logging.WARNING)
 
 
 class _Bridge(logging.Handler):

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
 
-
-class ParseError(ValueError):
-    """A reply that doesn't decode (short, or a length field past the bytes)."""
+# A reply that doesn't decode (short, or a length field past the bytes) is the
+# project's one error for untrusted bytes; callers may name it rtnl.ParseError.
+from passt.wire.errors import ParseError as ParseError
 
 
 class Msg(IntEnum):

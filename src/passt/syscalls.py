@@ -34,8 +34,6 @@ TUN_F_TSO6: Final = 0x04
 
 # asm-generic/ioctls.h: bytes not yet sent on a TCP socket (SIOCOUTQ).
 SIOCOUTQ: Final = 0x5411
-# linux/socket.h
-SO_PEEK_OFF: Final = 42
 
 _IFREQ: Final = struct.Struct("16sH22x")
 

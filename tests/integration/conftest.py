@@ -9,8 +9,11 @@ that may also be on PATH.
 from __future__ import annotations
 
 import os
+import re
+import select
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -113,3 +116,26 @@ def accepts_unix(path: str) -> bool:
     finally:
         s.close()
     return True
+
+
+_BOUND = re.compile(rb"UNIX domain socket bound at (\S+)")
+
+
+def read_bound(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
+    """The socket path passt announces on stderr ("UNIX domain socket bound at PATH").
+
+    Ready by passt's own word, not by a test connection: passt serves one client
+    at a time, and a probe of ours still being closed holds the next client off.
+    """
+    assert proc.stderr is not None  # the summary is a log block: stderr
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while (m := _BOUND.search(seen)) is None or not seen.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        assert left > 0, f"passt printed no socket path: {seen.decode(errors='replace')}"
+        ready, _, _ = select.select([proc.stderr], [], [], left)
+        if ready:
+            chunk = os.read(proc.stderr.fileno(), 4096)
+            assert chunk, f"passt printed no socket path: {seen.decode(errors='replace')}"
+            seen += chunk
+    return m.group(1).decode()

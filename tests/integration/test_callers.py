@@ -15,10 +15,8 @@ import hashlib
 import json
 import os
 import re
-import select
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from harness.trixie.callers import Impl, install_wrappers, recorded
 from harness.trixie.libvirt import LibvirtGuest, start_libvirtd
 from harness.trixie.root import build_wheel, ensure_root
 from harness.trixie.session import RootSession, entered
-from tests.integration.conftest import accepts_unix, need, wait_until
+from tests.integration.conftest import accepts_unix, need, read_bound, wait_until
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(900)]
 
@@ -201,21 +199,6 @@ def test_libvirt_domain_with_passt_backend(topo: Topology, root: RootSession, bl
     assert len(argv) == 1 and "--one-off" in argv[0] and "18080:8080" in argv[0], argv
 
 
-def _wait_for_line(proc: subprocess.Popen[bytes], text: str, timeout: float) -> None:
-    """Read `proc`'s stderr until a line containing `text`; fail after `timeout` seconds."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + timeout
-    seen = b""
-    while text.encode() not in seen:
-        left = deadline - time.monotonic()
-        assert left > 0 and proc.poll() is None, f"no {text!r} from passt: {seen.decode(errors='replace')}"
-        ready, _, _ = select.select([proc.stderr], [], [], left)
-        if ready:
-            chunk = os.read(proc.stderr.fileno(), 4096)
-            assert chunk, f"passt closed stderr: {seen.decode(errors='replace')}"
-            seen += chunk
-
-
 @pytest.mark.xdist_group("default-socket")
 @pytest.mark.parametrize("impl", IMPLS)
 def test_c_qrap_with_passt(topo: Topology, impl: Impl, passt_bin: str) -> None:
@@ -228,9 +211,8 @@ def test_c_qrap_with_passt(topo: Topology, impl: Impl, passt_bin: str) -> None:
         Path("/tmp/passt_1.socket").unlink(missing_ok=True)
     proc = topo.popen(topo.host, [binary, "-f", "-s", "/tmp/passt_1.socket"])
     try:
-        # ready by its own word, not by a test connection: passt serves one client at a time, and a
-        # connection of ours still being closed would leave qrap's probe waiting past its timeout
-        _wait_for_line(proc, "UNIX domain socket bound at /tmp/passt_1.socket", 20)
+        # ready by its own word, not by a test connection (see read_bound)
+        assert read_bound(proc) == "/tmp/passt_1.socket"
         net = ["-net", "socket,fd=5", "-net", "nic,model=virtio,macaddr=52:54:00:12:34:56"]
         # C qrap takes QEMU_CMD only as a bare name it knows (a path makes it patch the command
         # line for a qemu it looks up itself): the shell drops the harness's path to QEMU

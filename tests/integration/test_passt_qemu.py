@@ -22,6 +22,7 @@ import pytest
 from harness.netns import HOST_ADDR4, WAN_ADDR4, WAN_ADDR6, Topology
 from harness.netns.topology import DNS_ADDR4, HOST_ADDR6, WAN_GW4
 from harness.qemu.guest import QemuGuest
+from tests.integration.conftest import read_bound
 
 pytestmark = pytest.mark.qemu
 
@@ -68,9 +69,9 @@ def test_socket_probe_takes_first_free(topo: Topology, passt_bin: str) -> None:
     second = None
     path1 = path2 = ""
     try:
-        path1 = _read_bound(first)
+        path1 = read_bound(first)
         second = topo.popen(topo.host, [passt_bin, "-f"], stderr=subprocess.PIPE)
-        path2 = _read_bound(second)
+        path2 = read_bound(second)
         assert re.fullmatch(r"/tmp/passt_([1-9]|[1-5][0-9]|6[0-4])\.socket", path1)
         assert re.fullmatch(r"/tmp/passt_([1-9]|[1-5][0-9]|6[0-4])\.socket", path2)
         assert path1 != path2
@@ -88,19 +89,6 @@ def _remove_default_sockets(*paths: str) -> None:
     for path in paths:
         if path.startswith("/tmp/passt_"):
             Path(path).unlink(missing_ok=True)
-
-
-def _read_bound(proc: subprocess.Popen[bytes]) -> str:
-    assert proc.stderr is not None  # the summary is a log block: stderr
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline().decode()
-        if not line:
-            break
-        m = re.search(r"UNIX domain socket bound at (\S+)", line)
-        if m:
-            return m.group(1)
-    raise AssertionError("passt printed no socket path")
 
 
 @pytest.mark.conformance(
@@ -134,7 +122,7 @@ def test_qrap_connects_old_style_qemu(topo: Topology, passt_bin: str, qrap_bin: 
     proc = topo.popen(topo.host, [passt_bin, "-f"], stderr=subprocess.PIPE)
     path = ""
     try:
-        path = _read_bound(proc)
+        path = read_bound(proc)
         net = ["-net", "socket,fd=5", "-net", f"nic,model=virtio,macaddr={GUEST_MAC}"]
         with QemuGuest(net_args=net, qemu_argv_prefix=[qrap_bin, "5"]) as guest:
             out = guest.check(f"{UDHCPC} 2>&1; ip -o -4 addr show dev eth0", timeout=60)

@@ -562,7 +562,7 @@ def test_syn_destination_rule_per_address_class(dst: str, ok: bool) -> None:
     """A guest SYN to each address class: the shared rule decides, a socket is asked for only if it allows."""
     asked: list[int] = []
 
-    def no_socket(family: int, kind: int) -> socket.socket:
+    def no_socket(family: int, kind: int, proto: int) -> socket.socket:
         asked.append(family)
         raise OSError("no sockets in this test")
 

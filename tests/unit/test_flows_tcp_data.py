@@ -447,8 +447,8 @@ def test_thousand_short_connections_leave_nothing_behind() -> None:
 class SmallSndbufSocket(socket.socket):
     """A host socket with an 8 KiB send buffer, so a guest ignoring our window overruns it."""
 
-    def __init__(self, family: int, type: int) -> None:
-        super().__init__(family, type)
+    def __init__(self, family: int, type: int, proto: int = 0) -> None:
+        super().__init__(family, type, proto)
         self.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
 
 

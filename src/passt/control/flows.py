@@ -132,7 +132,8 @@ def tcp_rows(conns: Iterable[Any], now: float, listen_ports: set[int], cache: St
 
 def _tcp_static(conn: Any, listen_ports: set[int]) -> tuple[Any, ...]:
     """The unchanging columns of a TcpConn (every TcpConn field read is here or in `_tcp_row`)."""
-    from passt.flows import tcp as t
+    from passt.flows import tcp_state as t
+    from passt.flows.tcp import SYN_TIMEOUT_S
 
     af, gaddr, gport, raddr, rport = conn.key
     sock = conn.sock
@@ -145,7 +146,7 @@ def _tcp_static(conn: Any, listen_ports: set[int]) -> tuple[Any, ...]:
     else:
         initiator = "host" if local is not None and _port_of(local) in listen_ports else "tap"
     return (initiator, addr_text(af, gaddr), gport, addr_text(af, raddr), rport, local,
-            sockname(sock, True), conn.syn_deadline - t.SYN_TIMEOUT_S,
+            sockname(sock, True), conn.syn_deadline - SYN_TIMEOUT_S,
             bool(state & (t.CONNECTING | t.SYNACK_SENT | t.SYN_SENT)))  # fmt: skip
 
 
@@ -185,7 +186,7 @@ def _tcp_info(sock: socket.socket) -> tuple[int, int, int]:
 
 def tcp_state_name(state: int) -> str:
     """TcpConn state bits as words: the handshake step, else ESTABLISHED plus closing steps."""
-    from passt.flows import tcp as t
+    from passt.flows import tcp_state as t
 
     if state & t.CONNECTING:
         return "CONNECTING"

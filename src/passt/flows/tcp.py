@@ -105,7 +105,7 @@ from typing import Final
 from passt.context import Context
 from passt.flows import nat
 from passt.flows.outbound import Outbound
-from passt.flows.sockets import close_rst, dst_forwardable, link_scope
+from passt.flows.sockets import SocketFactory, close_rst, dst_forwardable, link_scope
 from passt.flows.table import FLOW_MAX, FlowTable
 from passt.flows.tcp_frames import FrameRing, FrameTemplate, build_control, gso_payload_cap
 from passt.flows.tcp_kernel import (
@@ -124,12 +124,8 @@ from passt.flows.tcp_kernel import (
     tune_new,
 )
 from passt.flows.tcp_state import (
-    CONNECTING as CONNECTING,
-)
-from passt.flows.tcp_state import (
-    ESTABLISHED as ESTABLISHED,
-)
-from passt.flows.tcp_state import (
+    CONNECTING,
+    ESTABLISHED,
     EV_CONNECTED,
     EV_FIN_ACKED,
     EV_FIN_RESEND,
@@ -140,29 +136,15 @@ from passt.flows.tcp_state import (
     EV_HANDSHAKE_DONE,
     EV_SOCK_ACCEPTED,
     EV_SOCK_EOF,
+    FIN_ACKED,
+    FIN_SENT,
+    GUEST_FIN,
+    GUEST_FIN_ACKED,
     HANDSHAKE,
+    SOCK_EOF,
+    SYN_SENT,
+    SYNACK_SENT,
     next_state,
-)
-from passt.flows.tcp_state import (
-    FIN_ACKED as FIN_ACKED,
-)
-from passt.flows.tcp_state import (
-    FIN_SENT as FIN_SENT,
-)
-from passt.flows.tcp_state import (
-    GUEST_FIN as GUEST_FIN,
-)
-from passt.flows.tcp_state import (
-    GUEST_FIN_ACKED as GUEST_FIN_ACKED,
-)
-from passt.flows.tcp_state import (
-    SOCK_EOF as SOCK_EOF,
-)
-from passt.flows.tcp_state import (
-    SYN_SENT as SYN_SENT,
-)
-from passt.flows.tcp_state import (
-    SYNACK_SENT as SYNACK_SENT,
 )
 from passt.loop import EVENT_READ, Timer
 from passt.tap.base import GSO_NONE, GSO_TCPV4, GSO_TCPV6
@@ -179,7 +161,6 @@ from passt.wire.tcp import (
     syn_options,
 )
 
-SocketFactory = Callable[[int, int], socket.socket]
 FlowKey = tuple[int, bytes, int, bytes, int]
 
 #: Payload per truesize byte assumed before the queue tells us (small skbs cost ~2x).
@@ -486,7 +467,7 @@ class TcpHandler:
             return
         family = socket.AF_INET if af == 4 else socket.AF_INET6
         try:
-            sock = self._socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = self._socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, 0)
         except OSError:
             counters.drop("tcp_socket")
             self._rst_unknown(af, src, dst, seg, plen)

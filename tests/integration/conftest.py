@@ -9,6 +9,7 @@ that may also be on PATH.
 from __future__ import annotations
 
 import os
+import pty
 import re
 import select
 import shutil
@@ -139,3 +140,38 @@ def read_bound(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
             assert chunk, f"passt printed no socket path: {seen.decode(errors='replace')}"
             seen += chunk
     return m.group(1).decode()
+
+
+def run_on_terminal(argv: Sequence[str], timeout: float = 20.0) -> tuple[int, bytes]:
+    """Run `argv` with a new pseudo-terminal as its controlling terminal; its exit code and what it printed.
+
+    The exit status is waited for by itself (a pidfd): the terminal closing (EOF or EIO)
+    only says that no process holds it any more, not that the started one has returned.
+    """
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the program, the pty its terminal
+        os.execvp(argv[0], list(argv))
+    exited = os.pidfd_open(pid)
+    watched, output, status = [fd, exited], b"", None
+    deadline = time.monotonic() + timeout
+    try:
+        while status is None and (left := deadline - time.monotonic()) > 0:
+            for ready in select.select(watched, [], [], left)[0]:
+                if ready == exited:
+                    status = os.waitpid(pid, 0)[1]
+                    continue
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    watched.remove(fd)
+                output += chunk
+        if status is None:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail(f"{argv[0]} did not return to the terminal in {timeout:.0f} s: {output[-2000:]!r}")
+        return os.waitstatus_to_exitcode(status), output
+    finally:
+        os.close(exited)
+        os.close(fd)

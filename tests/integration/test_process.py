@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pty
 import re
 import select
 import socket
@@ -17,6 +16,7 @@ import pytest
 
 from harness.netns import Topology
 from tests.integration.conftest import accepts_unix as _accepts
+from tests.integration.conftest import run_on_terminal
 from tests.integration.conftest import wait_until as _wait
 
 
@@ -24,32 +24,12 @@ from tests.integration.conftest import wait_until as _wait
 def test_background_from_terminal_with_pid_file(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """Started from a terminal without -f, passt forks into background; -P names the daemon's PID."""
     sock, pidf = str(tmp_path / "p.sock"), tmp_path / "passt.pid"
-    pid, fd = pty.fork()
-    if pid == 0:  # child: passt with the pty as its terminal
-        os.execvp("ip", ["ip", "netns", "exec", topo.host, passt_bin, "-q", "-s", sock, "-P", str(pidf)])
-    output = b""
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if r:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-    else:
-        pytest.fail("passt did not return to the terminal")
-    os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 0, output
+    code, output = run_on_terminal(["ip", "netns", "exec", topo.host, passt_bin, "-q", "-s", sock, "-P", str(pidf)])
+    assert code == 0, output
     _wait(lambda: pidf.exists() and pidf.read_text().strip() != "", what="pid file")
     daemon_pid = int(pidf.read_text())
     try:
-        assert daemon_pid != pid and Path(f"/proc/{daemon_pid}").exists()
+        assert Path(f"/proc/{daemon_pid}").exists()
         _wait(lambda: _accepts(sock), what="daemon accepts")
     finally:
         os.kill(daemon_pid, 15)
@@ -172,25 +152,9 @@ def test_pasta_daemon_serves_joined_namespace_as_nobody(topo: Topology, pasta_bi
     """pasta PID from a terminal goes to background, drops to nobody, and the namespace pings wan (ping sockets)."""
     target = _holder_pid(topo)
     pidf = tmp_path / "pasta.pid"
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execvp("ip", ["ip", "netns", "exec", topo.host, pasta_bin, "-q", "--config-net", "-P", str(pidf),
-                         str(target)])
-    deadline = time.monotonic() + 20
-    status = 0
-    while time.monotonic() < deadline:
-        r, _, _ = select.select([fd], [], [], 0.2)
-        if r:
-            try:
-                if not os.read(fd, 4096):
-                    break
-            except OSError:
-                break
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-    os.close(fd)
-    assert os.waitstatus_to_exitcode(status) == 0
+    code, output = run_on_terminal(["ip", "netns", "exec", topo.host, pasta_bin, "-q", "--config-net", "-P",
+                                    str(pidf), str(target)])
+    assert code == 0, output
     _wait(lambda: pidf.exists() and pidf.read_text().strip() != "", what="pid file")
     daemon_pid = int(pidf.read_text())
     try:

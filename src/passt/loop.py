@@ -103,6 +103,20 @@ class EventLoop:
             self._ep.modify(fd, _to_epoll(events))
         self._fds[fd] = (events, handler)
 
+    def set_events(self, fd: int, events: int) -> bool:
+        """Change what `fd` is watched for, keeping its handler; False: `fd` is not watched."""
+        entry = self._fds.get(fd)
+        if entry is None:
+            held = self._suspended.get(fd)
+            if held is None:
+                return False
+            self._suspended[fd] = (events, held[1], held[2])
+            return True
+        if entry[0] != events:
+            self._ep.modify(fd, _to_epoll(events))
+            self._fds[fd] = (events, entry[1])
+        return True
+
     def unregister(self, fd: int) -> None:
         """Stop watching `fd`; unknown descriptors are ignored."""
         held = self._suspended.pop(fd, None)

@@ -41,7 +41,7 @@ from passt.flows.tcp import TcpHandler
 from passt.flows.tcp_splice import SpliceHandler, scan_loopback_ports
 from passt.flows.udp import UdpHandler
 from passt.flows.udp_splice import UdpSpliceHandler
-from passt.loop import EVENT_READ, EventLoop, Timer
+from passt.loop import EVENT_READ, EVENT_WRITE, EventLoop, Timer
 from passt.services.arp import ArpService
 from passt.services.dhcp import DhcpService
 from passt.services.dhcpv6 import Dhcpv6Service
@@ -155,10 +155,14 @@ class Runtime:
         self.ctx.tap = tap
         fd = tap.fileno()
 
-        def on_tap(_mask: int, now: float) -> None:
-            frames = tap.read_frames()
-            if frames:
-                self.dispatcher.from_tap(frames, now)
+        def on_tap(mask: int, now: float) -> None:
+            if mask & EVENT_WRITE:
+                # frames a short write left behind (watched only while some wait: Context.flush_tap)
+                self.ctx.flush_tap(now)
+            if mask & EVENT_READ:
+                frames = tap.read_frames()
+                if frames:
+                    self.dispatcher.from_tap(frames, now)
             if tap.closed:
                 self.detach_tap(now)
 

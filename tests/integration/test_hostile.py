@@ -330,7 +330,7 @@ class MiniTcp:
 
 
 def guest_addrs(guest_mac: str = GUEST_MAC, our_mac: str = HOST_MAC) -> Any:
-    from tests.unit.test_fuzz_frames import Addrs
+    from tests.unit.fakes import Addrs
 
     return Addrs(guest_mac=guest_mac, our_mac=our_mac, guest4=HOST_ADDR4, gw4=WAN_GW4, srv4=WAN_ADDR4,
                  unrouted4=SILENT4, guest6="fd77::2", gw6_ll=WAN_GW6, srv6=WAN_ADDR6,
@@ -339,7 +339,7 @@ def guest_addrs(guest_mac: str = GUEST_MAC, our_mac: str = HOST_MAC) -> Any:
 
 def fuzz_frames(count: int, seed: int, addrs: Any) -> Iterator[bytes]:
     """Mutated frames that keep the stream framing intact (14 <= length <= 65535 + 14)."""
-    from tests.unit.test_fuzz_frames import MAX_FRAME, Mutator, build_seeds
+    from tests.unit.fakes import MAX_FRAME, Mutator, build_seeds
 
     mut = Mutator(build_seeds(addrs, sink_port=SINK_PORT, echo_port=UDP_ECHO_PORT, closed_port=7003), seed)
     n = 0
@@ -408,7 +408,7 @@ def test_passt_socket_fuzz_then_serves(passt: PasstProc) -> None:
 
 PASTA_FUZZER = r"""
 import json, os, random, socket, sys, time
-from tests.unit.test_fuzz_frames import Addrs, MAX_FRAME, Mutator, build_seeds
+from tests.unit.fakes import Addrs, MAX_FRAME, Mutator, build_seeds
 ifname, count, tmp = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 mac = open(f"/sys/class/net/{ifname}/address").read().strip()
 def wait_file(name):

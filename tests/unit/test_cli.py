@@ -1,6 +1,6 @@
 """Command line of passt and pasta: every option, both spellings, every error path.
 
-The host is a hand-built `HostInfo` shaped like the man page's EXAMPLES
+The host is a hand-built `HostInfo` (fakes.CLI_HOST) shaped like the man page's EXAMPLES
 (eth0, 192.168.1.118/24 via 192.168.1.1, a DHCPv6 /128 address, a
 link-local IPv6 gateway), so no test depends on the machine it runs on.
 Nothing here sends a packet: the addresses are data.
@@ -13,7 +13,7 @@ import pwd
 import re
 from collections.abc import Iterator
 from dataclasses import replace
-from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
+from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
@@ -21,6 +21,7 @@ import passt.cli as cli
 from passt.cli import ConfigError, help_text, parse_args
 from passt.config import Config, FwdMode, Mode
 from passt.hostinfo import HostInfo
+from tests.unit.fakes import CLI_HOST, cli_error
 
 MAC = bytes.fromhex("2816ad39a9ea")
 ADDR4 = IPv4Address("192.168.1.118")
@@ -28,33 +29,7 @@ GW4 = IPv4Address("192.168.1.1")
 ADDR6 = IPv6Address("2a02:6d40:3ca5:2001:b81d:fa4a:8cdd:cf17")
 GW6 = IPv6Address("fe80::62e3:27ff:fe33:2b01")
 
-HOST = HostInfo(
-    ifname="eth0",
-    mac=MAC,
-    mtu=1500,
-    addr4=ADDR4,
-    prefix4=24,
-    gw4=GW4,
-    addr6=ADDR6,
-    prefix6=128,
-    gw6=GW6,
-    all_addrs=(IPv4Address("127.0.0.1"), ADDR4, IPv4Address("10.11.0.1"), IPv6Address("::1"), ADDR6),
-    dns4=(IPv4Address("127.0.0.53"), IPv4Address("192.168.1.1")),
-    dns6=(IPv6Address("::1"), IPv6Address("2001:db8::53")),
-    search=("redhat.com", "example.org"),
-    route4=True,
-    route6=True,
-    ifname4="eth0",
-    ifname6="eth0",
-    all_ifaddrs=(
-        IPv4Interface("127.0.0.1/8"),
-        IPv4Interface("192.168.1.118/24"),
-        IPv4Interface("10.11.0.1/20"),
-        IPv6Interface("::1/128"),
-        IPv6Interface("2a02:6d40:3ca5:2001:b81d:fa4a:8cdd:cf17/128"),
-        IPv6Interface("2001:db8:5::7/56"),
-    ),
-)
+HOST = CLI_HOST
 
 NO_ROUTES = HostInfo(ifname="", mac=bytes(6), mtu=1500)
 
@@ -67,13 +42,7 @@ def pasta(*argv: str, host: HostInfo = HOST) -> Config:
     return parse_args(Mode.PASTA, list(argv), host=host)
 
 
-def error(mode: Mode, *argv: str, host: HostInfo = HOST) -> str:
-    """The one-line ConfigError message for argv."""
-    with pytest.raises(ConfigError) as info:
-        parse_args(mode, list(argv), host=host)
-    message = str(info.value)
-    assert "\n" not in message and message.strip() == message and message
-    return message
+error = cli_error
 
 
 @pytest.fixture(autouse=True)

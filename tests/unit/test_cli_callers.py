@@ -13,7 +13,8 @@ import pytest
 
 from passt.cli import DEFAULT_LOG_SIZE, help_text, parse_args
 from passt.config import Config, FwdMode, Mode
-from tests.unit.test_cli import HOST, error
+from tests.unit.fakes import CLI_HOST as HOST
+from tests.unit.fakes import cli_error as error
 
 PODMAN_54 = ["--config-net", "-t", "18080-18080:8080-8080", "--dns-forward", "169.254.1.1",
              "-u", "none", "-T", "none", "-U", "none", "--no-map-gw", "--quiet",

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import pytest
-from scapy.compat import raw
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
@@ -22,21 +21,18 @@ from passt.config import FwdMode, PortFwd
 from passt.flows.fwd import Forwarder
 from passt.flows.udp import UdpHandler
 from tests.unit.conftest import GUEST_MAC_STR, OUR_MAC_STR, assert_checksums
-from tests.unit.fakes import G4, G6, GW4, GW6, free_port, make_ctx, packed, pump
-
-
-def guest_udp(af: int, src: str, dst: str, sport: int, dport: int, payload: bytes) -> memoryview:
-    """L4 bytes (header + payload) of a guest datagram, built and checksummed by scapy."""
-    ip: Any = IP(src=src, dst=dst) if af == 4 else IPv6(src=src, dst=dst)
-    pkt = raw(ip / UDP(sport=sport, dport=dport) / payload)
-    return memoryview(pkt[20 if af == 4 else 40 :])
-
-
-def udp_server(af: int) -> socket.socket:
-    s = socket.socket(socket.AF_INET if af == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1" if af == 4 else "::1", 0))
-    s.settimeout(2)
-    return s
+from tests.unit.fakes import (
+    G4,
+    G6,
+    GW4,
+    GW6,
+    free_port,
+    guest_udp,
+    make_ctx,
+    packed,
+    pump,
+    udp_server,
+)
 
 
 def open_sockets() -> set[str]:

@@ -11,7 +11,7 @@ import pytest
 from passt.counters import Counters
 from passt.flows.udp import UdpHandler
 from passt.flows.udp_batch import GSO_MAX_SEGMENTS, UdpSendBatch
-from tests.unit.test_flows_udp import G4, guest_udp, make_ctx, packed, pump, udp_server
+from tests.unit.fakes import G4, guest_udp, make_ctx, packed, pump, udp_server
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:

@@ -181,9 +181,18 @@ def slot_size_for(offload: bool, tap_mtu: int) -> int:
 
 
 class FrameRing:
-    """Preallocated frame slots handed out within one loop turn (see module doc)."""
+    """Preallocated frame slots handed out within one loop turn (see module doc).
 
-    __slots__ = ("offload", "slot_size", "slots", "used", "_buf")
+    Ownership: slots `[0, used)` belong to the tap, from the moment a flow
+    raises `used` past them (the hand-over: their frames are queued with
+    `send`/`send_gso`) until `rewind()` (the release), which runs as deferred
+    work after the turn's tap flush.  The tap's flush contract (tap/base.py)
+    makes that safe: once flush() returns, the tap holds copies of what it
+    did not write, or nothing.  `used` only grows between rewinds: a slot is
+    never taken back from the tap while it may still be queued.
+    """
+
+    __slots__ = ("offload", "slot_size", "slots", "_used", "_buf")
 
     def __init__(self, *, offload: bool, tap_mtu: int, budget: int = RING_BYTES) -> None:
         #: The tap mode this ring was sized for.
@@ -195,13 +204,19 @@ class FrameRing:
         size = self.slot_size
         #: One writable view per slot.
         self.slots = [view[i * size : (i + 1) * size] for i in range(count)]
-        #: Slots handed out since the last rewind.
-        self.used = 0
+        self._used = 0
 
     @property
-    def free(self) -> int:
-        return len(self.slots) - self.used
+    def used(self) -> int:
+        """Slots handed to the tap since the last rewind (the first free slot)."""
+        return self._used
+
+    @used.setter
+    def used(self, value: int) -> None:
+        """Hand slots `[used, value)` over to the tap (their frames are queued)."""
+        assert self._used <= value <= len(self.slots), "a queued slot taken back before the flush"
+        self._used = value
 
     def rewind(self) -> None:
-        """Every queued frame has been flushed: slots may be reused."""
-        self.used = 0
+        """Release every slot: the tap's flush has returned, so it holds no view into them."""
+        self._used = 0

@@ -7,6 +7,7 @@ dispatcher and the flows see only this Protocol.
 
     guest --frames--> read_frames() --> dispatch.from_tap()
     flows/services --send()/send_gso()--> out batch --flush()--> guest
+                                          pending() after flush: loop watches EVENT_WRITE, flushes again
 """
 
 from __future__ import annotations
@@ -76,13 +77,21 @@ class TapBackend(Protocol):
         """Write everything queued, in as few system calls as possible.
 
         Frames the guest cannot take right now (a full socket buffer) stay
-        queued up to a bound; beyond it they are dropped and counted, since
-        TCP retransmits and UDP may lose.
+        queued up to a bound, as copies: once flush() returns the back-end
+        holds no reference into a caller's buffer (the TCP frame ring reuses
+        its slots then).  Beyond the bound they are dropped and counted, since
+        TCP retransmits and UDP may lose.  A back-end may also drop what the
+        guest cannot take now (the tap device does).
         """
         ...
 
     def pending(self) -> bool:
-        """True when frames wait in the out batch (the loop then watches POLLOUT)."""
+        """True when frames wait after a flush: the caller watches `fileno()` for writability.
+
+        Context.flush_tap adds EVENT_WRITE to the tap's registration while this
+        holds and removes it once it no longer does; the tap's handler flushes
+        on EVENT_WRITE.
+        """
         ...
 
     def close(self) -> None:

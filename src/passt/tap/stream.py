@@ -14,7 +14,9 @@ guest may reconnect.
 Writing: frames queue as (length header, frame) pairs and leave in one
 `sendmsg` per flush (IOV_MAX buffers at a time).  A short write keeps the
 unsent rest; frames still queued after a flush are copied, so callers may reuse
-their buffers as soon as flush() returns.  The queue is bounded (`MAX_QUEUED`
+their buffers as soon as flush() returns (the TCP frame ring relies on it).
+While frames wait, `pending()` is True and the loop watches the socket for
+writability (context.Context.flush_tap): the rest leaves when the guest reads.  The queue is bounded (`MAX_QUEUED`
 bytes): past it, frames are dropped and counted; TCP retransmits them.
 """
 
@@ -171,12 +173,12 @@ class StreamTap:
         self._out_bytes -= sent_total
         if out:
             # keep nothing that belongs to a caller's reusable buffer
-            self._out = [b if isinstance(b, bytes) else bytes(b) for b in out]
+            self._out = [b if type(b) is bytes else bytes(b) for b in out]
         else:
             self._out_bytes = 0
 
     def pending(self) -> bool:
-        return bool(self._out)
+        return bool(self._out) and not self._closed
 
     def close(self) -> None:
         self._closed = True

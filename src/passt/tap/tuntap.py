@@ -6,13 +6,14 @@ from the init namespace.  Offloads: with TUNSETOFFLOAD(CSUM|TSO4|TSO6) the
 namespace's kernel hands us TCP segments of up to 64 KiB with only a partial
 checksum, and takes 64 KiB frames from us with VIRTIO_NET_HDR_F_NEEDS_CSUM and
 a GSO type, segmenting and checksumming them itself: one system call and one
-Python iteration per 64 KiB instead of per 1500 bytes (DESIGN.md section 3).
+Python iteration per 64 KiB instead of per 1500 bytes (docs/architecture.md).
 
 Reading: `readv` into a ring of preallocated slots until EAGAIN or the ring is
 full; each slot holds one frame after its 10-byte virtio-net header.
 Writing: one `writev([header, frame])` per frame (the tap takes one frame per
 write); EAGAIN drops the rest of the batch (counted): the kernel queue is full
-and TCP will retransmit.
+and TCP will retransmit.  So nothing is ever left queued after a flush:
+`pending()` is then False and the loop never watches the tap for writability.
 """
 
 from __future__ import annotations

@@ -191,10 +191,15 @@ def build_wheel(out: Path) -> Path:
     """Our project as a wheel (no dependencies: the root has trixie's), built from this checkout."""
     src = Path(__file__).resolve().parents[2]
     out.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)],
-        check=True, capture_output=True, text=True,
-    )
+    # Two test workers may build at once; setuptools shares the checkout's build/ folder between them.
+    with open(src / ".wheel-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        res = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(src)],
+            capture_output=True, text=True,
+        )
+    if res.returncode != 0:
+        raise RuntimeError(f"pip wheel of {src} failed: {res.stderr.strip()[-2000:]}")
     wheels = sorted(out.glob("passt_py-*.whl"), key=lambda p: p.stat().st_mtime)
     if not wheels:
         raise RuntimeError(f"pip wheel left no passt_py wheel in {out}")

@@ -1,4 +1,4 @@
-"""Throwaway network namespaces for the integration tests (DESIGN.md section 4)."""
+"""Throwaway network namespaces for the integration tests."""
 
 from harness.netns.topology import (
     HOST_ADDR4,

@@ -18,6 +18,7 @@ from harness.netns import Topology
 from tests.integration.conftest import accepts_unix as _accepts
 from tests.integration.conftest import run_on_terminal
 from tests.integration.conftest import wait_until as _wait
+from tests.statements import assert_statement
 
 
 @pytest.mark.conformance("daemon.background-from-terminal")
@@ -293,6 +294,27 @@ def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path,
         assert "guest connected" not in seen["stderr"], seen
     else:
         assert "guest connected" in seen["stderr"], f"[opt.stderr, log.default-destination] {seen}"
+
+
+@pytest.mark.conformance("log.never-stdout")
+def test_passt_output_is_never_on_stdout(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """passt -f with stdout and stderr in separate files: the summary and a log line (a guest
+    connecting) are in stderr's, stdout's stays empty."""
+    sock = str(tmp_path / "p.sock")
+    out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = topo.popen(topo.host, [passt_bin, "-f", "-s", sock], stdout=out, stderr=err)
+    try:
+        _wait(lambda: _accepts(sock), what="passt accepts")  # the connection is a guest's
+        _wait(lambda: any("guest connected" in f.read_text(errors="replace") for f in (out_path, err_path)),
+              what="passt logs the guest")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    stdout = out_path.read_bytes()
+    assert_statement("log.never-stdout", stdout == b"", f"passt wrote to stdout: {stdout[:500]!r}")
+    errors = err_path.read_text(errors="replace")
+    assert "Outbound interface" in errors and "guest connected" in errors, errors
 
 
 @pytest.mark.conformance("summary.passt")

@@ -49,6 +49,14 @@ are `test*` functions and methods of `Test*` classes, as pytest collects them.
     python tools/conformance.py --check         exit 1 if markers are inconsistent
                                                 (unknown ids, unreadable markers,
                                                 statements without a test)
+    python tools/conformance.py --tests-of ID   the tests carrying ID (or a `see` id),
+                                                one node id a line, for pytest's command line
+    python tools/conformance.py --row ID --results DIR
+                                                ID's status in that run and each
+                                                test's outcome, one line (no page)
+
+The last two serve docs/proofs-broken-on-purpose.md: break a behaviour, run
+the tests of its row into a scratch folder, see the row turn fail.
 """
 
 from __future__ import annotations
@@ -745,6 +753,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="only check the markers against the catalogue (no run needed)")
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root")
+    parser.add_argument("--tests-of", action="append", default=[], metavar="ID",
+                        help="print the node ids of the tests carrying ID (repeatable) and exit")
+    parser.add_argument("--row", action="append", default=[], metavar="ID",
+                        help="print ID's status and its tests' outcomes instead of the page (repeatable)")
     parser.add_argument("--results", type=Path, action="append", default=None,
                         metavar="FILE_OR_DIR",
                         help=f"results files, or directories of *.json (default: {RESULTS_DIR})")
@@ -760,6 +772,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         err(str(e))
         return 1
     scan = scan_tests(root)
+    unknown = [i for i in (*args.tests_of, *args.row) if i not in catalogue.ids()]
+    if unknown:
+        err(f"unknown id(s): {', '.join(unknown)}")
+        return 1
+    if args.tests_of:
+        wanted = [s for s in catalogue.statements if s.id in args.tests_of]
+        nodeids = {r.nodeid for s in wanted for i in (s.id, *s.see) for r in scan.marks.get(i, ())}
+        sys.stdout.write("".join(f"{n}\n" for n in sorted(nodeids)))
+        return 0
     errors = consistency(catalogue, scan)
     for problem in errors:
         err(problem)
@@ -774,6 +795,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResultsError as e:
         err(str(e))
         return 1
+    if args.row:
+        rows = verdicts(catalogue, scan, results)
+        for conf_id in args.row:
+            row_status, row_proofs = rows[conf_id]
+            tests = "; ".join(f"{p.ref.nodeid}: {p.outcome}" for p in row_proofs)
+            sys.stdout.write(f"{conf_id}: {row_status} ({tests})\n")
+        return 0 if all(rows[i][0] == PASS for i in args.row) else 1
     doc = render(catalogue, scan, results)
     if args.write:
         (root / OUTPUT_PATH).write_text(doc, encoding="utf-8")

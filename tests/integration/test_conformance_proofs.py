@@ -29,6 +29,7 @@ from harness.netns import HOST_ADDR4, WAN_ADDR4, Topology
 from harness.netns.topology import HOST_IF
 from tests.integration.clients import in_pasta, udhcpc_hook, udhcpc_lease
 from tests.integration.conftest import accepts_unix
+from tests.integration.test_hostile import StreamGuest
 from tests.statements import assert_statement
 
 #: How long a rescan may take to show (the rescan runs every second: two periods and slack).
@@ -160,13 +161,31 @@ def test_pasta_udp_follows_translated_tcp_untranslated(topo: Topology, pasta_bin
 
 @pytest.mark.conformance("ports.udp-follows-tcp")
 def test_passt_udp_follows_translated_tcp_untranslated(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
-    """passt -t 7431:22 without -u listens on UDP 7431 (not 22): UDP follows TCP's port, untranslated."""
-    proc = topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", str(tmp_path / "s"), "-t", "7431:22"])
+    """passt -t 7431:22 without -u: a datagram from wan to the host's UDP 7431 reaches the guest on
+    its port 7431 (not 22), and passt listens on UDP 7431, not 22."""
+    from scapy.all import UDP, Ether
+
+    sock = str(tmp_path / "s")
+    proc = topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock, "-t", "7431:22"])
     try:
         topo.wait_listening(topo.host, 7431, timeout=20)
         udp = _until(lambda: _listeners(topo, topo.host, 7431, udp=True), 5)
         assert udp is not None, "[ports.udp-follows-tcp] passt -t 7431:22 has no UDP listener on 7431"
         assert _listeners(topo, topo.host, 22, udp=True) == "", "[ports.udp-follows-tcp] translated for UDP"
+        with StreamGuest(sock) as guest:
+            frame = None
+            for _ in range(5):  # the first datagrams may arrive before passt took the guest
+                topo.run(topo.wan, ["socat", "-u", "-", f"UDP:{HOST_ADDR4}:7431"], input="ping\n", timeout=20)
+                try:
+                    frame = guest.wait_for(lambda f: Ether(f).haslayer(UDP)
+                                           and Ether(f)[UDP].dport in (7431, 22), 1.0)
+                    break
+                except TimeoutError:
+                    continue
+        assert frame is not None, "[ports.udp-follows-tcp] no datagram to UDP 7431 reached the guest"
+        dport = Ether(frame)[UDP].dport
+        assert_statement("ports.udp-follows-tcp", dport == 7431,
+                         f"passt -t 7431:22: UDP 7431 reached the guest's port {dport} (translated)")
     finally:
         proc.terminate()
         proc.wait(20)
@@ -191,6 +210,34 @@ def test_auto_ipv6_bound_port_takes_ipv4(topo: Topology, pasta_bin: str, tmp_pat
 
 
 # ---------------------------------------------------------------- pasta's defaults
+
+
+@pytest.mark.conformance("ports.pasta-default-auto")
+def test_t_u_auto_default_forward_namespace_ports(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
+    """Without -t and -u: a TCP server and a UDP-only server in the namespace are reached from wan
+    through the host's address (pasta's default -t auto and -u auto)."""
+    done, bound = tmp_path / "done", tmp_path / "bound"
+    script = ("socat TCP-LISTEN:7481,reuseaddr,fork SYSTEM:'echo ns-tcp' & "
+              "socat UDP-RECVFROM:7482,fork SYSTEM:'echo ns-udp' & "
+              f"{_ns_wait(7481)}; {_ns_wait(7482, udp=True)}; touch {bound}; "
+              f"while [ ! -e {done} ]; do sleep 0.02; done; kill %1 %2")
+    proc = topo.popen(topo.host, [pasta_bin, "-q", "--config-net", "--", "sh", "-c", script])
+    try:
+        assert _until(bound.exists, 20) is not None
+        tcp = _until(lambda: _listeners(topo, topo.host, 7481, udp=False), RESCAN_WAIT_S)
+        udp = _until(lambda: _listeners(topo, topo.host, 7482, udp=True), RESCAN_WAIT_S)
+        assert_statement("ports.pasta-default-auto", tcp is not None,
+                         "without -t, the namespace's TCP 7481 has no listener on the host")
+        assert_statement("ports.pasta-default-auto", udp is not None,
+                         "without -u, the namespace's UDP 7482 has no listener on the host")
+        res = topo.run(topo.wan, ["socat", "-t", "2", "-", f"TCP:{HOST_ADDR4}:7481"], input="", timeout=20)
+        assert_statement("ports.pasta-default-auto", res.stdout.strip() == "ns-tcp",
+                         f"TCP 7481 from wan: {res.stdout!r} {res.stderr}")
+        got = _udp_ask(topo, topo.wan, HOST_ADDR4, 7482, "ping")
+        assert_statement("ports.pasta-default-auto", got == "ns-udp", f"UDP 7482 from wan answered {got!r}")
+    finally:
+        done.touch()
+        proc.wait(20)
 
 
 @pytest.mark.conformance("ports.pasta-default-auto", "opt.udp-ns")
@@ -299,50 +346,82 @@ def test_ipv6_gateway_is_the_source_of_ra_and_dhcpv6(topo: Topology, pasta_bin: 
 # ---------------------------------------------------------------- process options
 
 
+def _pid_file_written(path: Path) -> int | None:
+    """The PID a PID file names once completely written, None before."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.endswith("\n") else None
+
+
+def _serving_pids(topo: Topology, sock: str) -> list[str]:
+    """PIDs of every process holding the listening UNIX socket `sock` (from `ss -p`)."""
+    return re.findall(r"pid=(\d+),", topo.run(topo.host, ["ss", "-Hxlp", "src", sock]).stdout)
+
+
 @pytest.mark.parametrize("option", ["-f", "-d"])
 @pytest.mark.conformance("opt.foreground", "opt.debug")
 def test_foreground_options_keep_a_terminal_started_passt_in_front(topo: Topology, passt_bin: str,
                                                                    tmp_path: Path, option: str) -> None:
     """From a terminal (where passt would go to background), -f and -d keep it in the foreground:
-    the process the terminal started is the one serving the socket, and it has not returned."""
-    sock = str(tmp_path / "p.sock")
+    the PID file, written once passt is ready (after the fork it would make), names the process
+    the terminal started, which alone serves the socket and has not returned."""
+    sock, pid_file = str(tmp_path / "p.sock"), tmp_path / "pid"
     pid, fd = pty.fork()
     if pid == 0:  # child: passt with the pty as its terminal
-        os.execvp("ip", ["ip", "netns", "exec", topo.host, passt_bin, option, "-s", sock])
+        os.execvp("ip", ["ip", "netns", "exec", topo.host, passt_bin, option, "-s", sock, "-P", str(pid_file)])
     try:
         drained = b""
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and not accepts_unix(sock):
+        while time.monotonic() < deadline and _pid_file_written(pid_file) is None:
             if select.select([fd], [], [], 0.05)[0]:
                 try:
                     drained += os.read(fd, 65536)
                 except OSError:
                     break
-        assert accepts_unix(sock), drained[-2000:]
-        done, _ = os.waitpid(pid, os.WNOHANG)
+        written = _pid_file_written(pid_file)
+        assert written is not None, drained[-2000:]
         ident = "opt.foreground" if option == "-f" else "opt.debug"
+        assert_statement(ident, written == pid,
+                         f"passt {option}: the PID file names {written}, not the started {pid}: it forked")
+        done, _ = os.waitpid(pid, os.WNOHANG)
         assert_statement(ident, done == 0, f"passt {option} returned to the terminal")
-        owner = topo.run(topo.host, ["ss", "-Hxlp", "src", sock]).stdout
-        assert_statement(ident, f"pid={pid}," in owner, f"passt {option}: another process serves: {owner}")
+        assert accepts_unix(sock), drained[-2000:]
+        serving = _serving_pids(topo, sock)
+        assert_statement(ident, serving == [str(pid)], f"passt {option}: {serving} serve, not {pid} alone")
     finally:
+        for victim in {pid, _pid_file_written(pid_file) or pid}:
+            try:
+                os.kill(victim, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         try:
-            os.kill(pid, signal.SIGTERM)
             os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
+        except ChildProcessError:
             pass
         os.close(fd)
 
 
 @pytest.mark.conformance("opt.foreground")
 def test_foreground_option_without_a_terminal(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
-    """-f with pipes instead of a terminal: the started process itself serves the socket."""
-    sock = str(tmp_path / "p.sock")
-    proc = topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock])
+    """-f with pipes instead of a terminal: the started process itself is the one the PID file
+    names (written once ready, after the fork passt would make) and alone serves the socket."""
+    sock, pid_file = str(tmp_path / "p.sock"), tmp_path / "pid"
+    proc = topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock, "-P", str(pid_file)])
     try:
+        assert _until(lambda: _pid_file_written(pid_file) is not None, 20) is not None
+        written = _pid_file_written(pid_file)
+        assert_statement("opt.foreground", written == proc.pid,
+                         f"the PID file names {written}, not the started {proc.pid}: passt -f forked")
+        assert_statement("opt.foreground", proc.poll() is None, f"passt -f exited: {proc.returncode}")
         assert _until(lambda: accepts_unix(sock), 20) is not None
-        owner = topo.run(topo.host, ["ss", "-Hxlp", "src", sock]).stdout
-        assert proc.poll() is None and f"pid={proc.pid}," in owner, f"[opt.foreground] {owner}"
+        serving = _serving_pids(topo, sock)
+        assert_statement("opt.foreground", serving == [str(proc.pid)], f"{serving} serve, not {proc.pid}")
     finally:
+        written = _pid_file_written(pid_file)
+        if written is not None and written != proc.pid:
+            os.kill(written, signal.SIGTERM)
         proc.terminate()
         proc.wait(10)
 
@@ -402,8 +481,14 @@ for f in glob.glob("/tmp/passt_*.socket"):
     os.unlink(f)
 # all 64 taken: passt gives up, with a message, and goes no further
 lives = [listener(f"/tmp/passt_{n}.socket") for n in range(1, 65)]
-p = subprocess.run([passt, "-f", "-q"], capture_output=True, timeout=60)
-out["full_rc"], out["full_err"] = p.returncode, p.stderr.decode(errors="replace")
+p = subprocess.Popen([passt, "-f", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+try:
+    err = p.communicate(timeout=20)[1]
+except subprocess.TimeoutExpired:  # it found a socket to serve on: stop it, say so
+    p.kill()
+    err = p.communicate()[1]
+    out["full_served"] = True
+out["full_rc"], out["full_err"] = p.returncode, err.decode(errors="replace")
 out["created_65"] = os.path.exists("/tmp/passt_65.socket")
 for s in lives:
     s.close()
@@ -443,6 +528,7 @@ def test_socket_probe_order_stale_files_and_limit(private_tmp_probe: dict[str, o
     64 accepting it exits non-zero with a message and never tries a 65th."""
     seen = private_tmp_probe
     assert seen["stale_taken"] and not seen["third_created"], f"[passt.socket-probe] order/stale: {seen}"
+    assert not seen.get("full_served"), f"[passt.socket-probe] 64 taken, passt still served: {seen}"
     assert seen["full_rc"] != 0 and seen["full_err"], f"[passt.socket-probe] 64 taken: {seen}"
     assert not seen["created_65"], f"[passt.socket-probe] went past 64: {seen}"
 

@@ -10,6 +10,7 @@ import pytest
 
 from harness.netns import HOST_ADDR4, HOST_ADDR6, Topology
 from harness.netns.topology import HOST_IF
+from tests.statements import assert_statement
 
 
 @pytest.mark.conformance("pasta.spawn-namespace", "pasta.tap-device", "host.default-route-iface", "opt.ns-ifname.default")
@@ -134,13 +135,19 @@ def test_missing_target_pid_is_one_clear_line(topo: Topology, pasta_bin: str) ->
     assert len(lines) == 1 and "4194000" in lines[0], res.stderr
 
 
+@pytest.mark.parametrize("extra", [[], ["-d"]], ids=["default", "debug"])
 @pytest.mark.conformance("log.never-stdout")
-def test_command_output_is_the_commands(topo: Topology, pasta_bin: str) -> None:
+def test_command_output_is_the_commands(topo: Topology, pasta_bin: str, extra: list[str]) -> None:
     """`pasta --config-net -- sh -c 'echo HELLO' > out` leaves exactly HELLO in out; the summary is on
-    stderr, and NDP's per-packet lines only with -d."""
-    res = topo.run(topo.host, [pasta_bin, "--config-net", "--", "sh", "-c",
+    stderr, and NDP's per-packet lines only with -d (with -d, every debug line is on stderr too)."""
+    res = topo.run(topo.host, [pasta_bin, *extra, "--config-net", "--", "sh", "-c",
                                "for i in $(seq 50); do ip -6 route | grep -q default && break; sleep 0.1; done; "
                                "echo HELLO"])
     assert res.returncode == 0, res.stderr
-    assert res.stdout == "HELLO\n"
-    assert "Outbound interface" in res.stderr and "NDP: received" not in res.stderr, res.stderr
+    assert_statement("log.never-stdout", res.stdout == "HELLO\n", f"stdout is not the command's: {res.stdout!r}")
+    assert "Outbound interface" in res.stderr, res.stderr
+    if extra:
+        assert "NDP: received" in res.stderr, f"-d shows no NDP line: the test proves nothing: {res.stderr}"
+    else:
+        assert_statement("log.never-stdout", "NDP: received" not in res.stderr,
+                         f"a per-packet NDP line without -d: {res.stderr}")

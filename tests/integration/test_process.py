@@ -18,6 +18,7 @@ from harness.netns import Topology
 from tests.integration.conftest import accepts_unix as _accepts
 from tests.integration.conftest import run_on_terminal
 from tests.integration.conftest import wait_until as _wait
+from tests.statements import assert_statement
 
 
 @pytest.mark.conformance("daemon.background-from-terminal")
@@ -200,11 +201,15 @@ def test_pasta_opens_ping_group_range_in_namespace(topo: Topology, pasta_bin: st
 
 #: Runs inside a private mount namespace: a tmpfs over /dev holding our own
 #: /dev/log (a datagram socket we read, as a syslog daemon would) beside the
-#: real null/zero/urandom/tty; then passt in the foreground, with
+#: real null/zero/urandom/tty; then passt with the given options (-f: in the
+#: foreground; without it, backgrounded, the survivor named by a PID file), with
 #: standard error either a pipe or a terminal.  Prints what each sink got.
 _SYSLOG_PROBE = r"""
 import json, os, pty, select, socket, subprocess, sys, time
 passt, work, interactive, extra = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4:]
+pid_file = os.path.join(work, "passt.pid")
+if "-f" not in extra:
+    extra = [*extra, "-P", pid_file]
 master, slave = pty.openpty()  # before /dev is replaced
 old = os.path.join(work, "olddev")
 os.mkdir(old)
@@ -218,11 +223,11 @@ log.bind("/dev/log")
 os.chmod("/dev/log", 0o666)  # passt writes after dropping to nobody
 sock = os.path.join(work, "p.sock")
 if interactive:
-    proc = subprocess.Popen([passt, "-f", *extra, "-s", sock], stdin=slave, stdout=slave, stderr=slave)
+    proc = subprocess.Popen([passt, *extra, "-s", sock], stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     err_fd = master
 else:
-    proc = subprocess.Popen([passt, "-f", *extra, "-s", sock], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([passt, *extra, "-s", sock], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err_fd = proc.stderr.fileno()
 deadline = time.monotonic() + 20
 client = None
@@ -243,6 +248,17 @@ while time.monotonic() < deadline and not any("guest connected" in m for m in sy
         pass
 proc.terminate()
 proc.wait(10)
+if "-f" not in extra:  # the backgrounded survivor: stop it and wait until it is gone
+    survivor = int(open(pid_file).read())
+    os.kill(survivor, 15)
+    def gone():
+        try:
+            with open(f"/proc/{survivor}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+        except OSError:
+            return True
+    while not gone() and time.monotonic() < deadline + 10:
+        time.sleep(0.02)
 while select.select([err_fd], [], [], 0.2)[0]:
     try:
         chunk = os.read(err_fd, 65536)
@@ -256,14 +272,15 @@ print(json.dumps({"syslog": syslog, "stderr": stderr.decode(errors="replace")}))
 
 
 @pytest.mark.parametrize(("interactive", "extra"), [
-    (False, []), (True, []),
+    (False, ["-f"]), (True, ["-f"]),
+    pytest.param(True, ["-f", "-e"], marks=pytest.mark.conformance("opt.stderr")),
     pytest.param(True, ["-e"], marks=pytest.mark.conformance("opt.stderr")),
-], ids=["pipe", "terminal", "terminal-e"])
+], ids=["pipe", "terminal", "terminal-e", "terminal-e-background"])
 @pytest.mark.conformance("log.default-destination")
 def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path, interactive: bool,
                                  extra: list[str]) -> None:
     """Log lines reach the system logger (/dev/log) always, and stderr too unless it is a terminal
-    (with -e, a terminal too)."""
+    (with -e, a terminal too, also once passt went to the background)."""
     script = tmp_path / "probe.py"
     script.write_text(_SYSLOG_PROBE)
     res = topo.run(topo.host, ["unshare", "-m", "--propagation", "private", sys.executable, str(script), passt_bin,
@@ -273,10 +290,31 @@ def test_default_log_destination(topo: Topology, passt_bin: str, tmp_path: Path,
     line = next((m for m in seen["syslog"] if "guest connected" in m), None)
     # syslog(3)'s datagram: <facility*8+priority>timestamp ident[pid]: message (daemon.info = 30)
     assert line is not None and re.match(r"<30>.*passt\[\d+\]: guest connected to ", line), seen
-    if interactive and not extra:
+    if interactive and "-e" not in extra:
         assert "guest connected" not in seen["stderr"], seen
     else:
         assert "guest connected" in seen["stderr"], f"[opt.stderr, log.default-destination] {seen}"
+
+
+@pytest.mark.conformance("log.never-stdout")
+def test_passt_output_is_never_on_stdout(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
+    """passt -f with stdout and stderr in separate files: the summary and a log line (a guest
+    connecting) are in stderr's, stdout's stays empty."""
+    sock = str(tmp_path / "p.sock")
+    out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        proc = topo.popen(topo.host, [passt_bin, "-f", "-s", sock], stdout=out, stderr=err)
+    try:
+        _wait(lambda: _accepts(sock), what="passt accepts")  # the connection is a guest's
+        _wait(lambda: any("guest connected" in f.read_text(errors="replace") for f in (out_path, err_path)),
+              what="passt logs the guest")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    stdout = out_path.read_bytes()
+    assert_statement("log.never-stdout", stdout == b"", f"passt wrote to stdout: {stdout[:500]!r}")
+    errors = err_path.read_text(errors="replace")
+    assert "Outbound interface" in errors and "guest connected" in errors, errors
 
 
 @pytest.mark.conformance("summary.passt")

@@ -430,6 +430,26 @@ def test_require_pass_gates_on_every_statement(tmp_path: Path, capsys: pytest.Ca
     assert "no results" in capsys.readouterr().err
 
 
+def test_tests_of_and_row_serve_a_sabotage_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--tests-of lists the tests of a row (its `see` ids' too) for pytest; --row prints the row's
+    status in a run instead of the page, exit 1 unless it passes; an unknown id is refused."""
+    root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})
+    assert _main(root, "--tests-of", "b.one") == 0
+    assert capsys.readouterr().out == f"{I}\n{U}\n"
+    assert _main(root, "--tests-of", "a.two") == 0
+    assert capsys.readouterr().out == f"{U}\n"
+    results = tmp_path / "scratch"
+    results.mkdir()
+    (results / "run.json").write_text(_results({**ALL_PASS, I: ("failed", ["a.one"])}), encoding="utf-8")
+    assert _main(root, "--row", "a.one", "--row", "a.two", "--results", str(results)) == 1
+    assert capsys.readouterr().out == (f"a.one: fail ({I}: failed; {U}: passed)\n"
+                                       f"a.two: pass ({U}: passed)\n")
+    assert not (root / conf.OUTPUT_PATH).exists()
+    assert _main(root, "--row", "a.two", "--results", str(results)) == 0
+    assert _main(root, "--tests-of", "no.such") == 1
+    assert "unknown id(s): no.such" in capsys.readouterr().err
+
+
 def test_require_pass_refuses_runs_of_different_commits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Unit results of one commit and integration results of another don't make a page."""
     root = _repo(tmp_path, {"tests/unit/test_u.py": UNIT, "tests/integration/test_i.py": INTEGRATION})

@@ -29,7 +29,7 @@ from harness.netns import HOST_ADDR4, WAN_ADDR4, Topology
 from harness.netns.topology import HOST_IF
 from tests.integration.clients import in_pasta, udhcpc_hook, udhcpc_lease
 from tests.integration.conftest import accepts_unix
-from tests.integration.test_hostile import StreamGuest
+from tests.integration.stream_guest import StreamGuest
 from tests.statements import assert_statement
 
 #: How long a rescan may take to show (the rescan runs every second: two periods and slack).

@@ -25,7 +25,6 @@ import json
 import os
 import random
 import re
-import select
 import socket
 import struct
 import subprocess
@@ -41,13 +40,13 @@ from harness.netns import HOST_ADDR4, WAN_ADDR4, Topology
 from harness.netns.topology import HOST_IF, HOST_MAC, WAN_ADDR6, WAN_GW4, WAN_GW6
 from tests.integration.conftest import accepts_unix as _accepts
 from tests.integration.conftest import wait_until as _wait
+from tests.integration.stream_guest import GUEST_MAC, StreamGuest
 
 REPO: Final = Path(__file__).resolve().parent.parent.parent
 FUZZ_COUNT: Final = int(os.environ.get("PASST_HOSTILE_FUZZ_COUNT", "10000"))
 FLOOD_COUNT: Final = int(os.environ.get("PASST_FLOOD_COUNT", "20000"))
 INTEGRITY_MIB: Final = int(os.environ.get("PASST_INTEGRITY_MIB", "1024"))
 
-GUEST_MAC: Final = "52:54:00:12:34:56"
 ECHO_PORT: Final = 7000
 SINK_PORT: Final = 7001
 UDP_ECHO_PORT: Final = 7002
@@ -160,73 +159,6 @@ class PasstProc:
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-class StreamGuest:
-    """A guest on passt's socket, from Python: frames out, frames in."""
-
-    def __init__(self, path: str, mac: str = GUEST_MAC) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
-        self.mac = mac
-        self.our_mac = HOST_MAC
-        self._buf = bytearray()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> StreamGuest:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def send(self, *frames: bytes) -> None:
-        self.sock.sendall(b"".join(_LEN.pack(len(f)) + f for f in frames))
-
-    def _read(self, timeout: float) -> bool:
-        r, _, _ = select.select([self.sock], [], [], timeout)
-        if not r:
-            return False
-        data = self.sock.recv(1 << 20)
-        if not data:
-            raise EOFError("passt closed the connection")
-        self._buf += data
-        return True
-
-    def _pop(self) -> bytes | None:
-        buf = self._buf
-        if len(buf) < 4:
-            return None
-        (n,) = _LEN.unpack_from(buf)
-        if len(buf) < 4 + n:
-            return None
-        frame = bytes(buf[4 : 4 + n])
-        del buf[: 4 + n]
-        return frame
-
-    def drain(self) -> int:
-        """Read and discard whatever is there now; returns the frame count."""
-        count = 0
-        while self._read(0):
-            while self._pop() is not None:
-                count += 1
-        while self._pop() is not None:
-            count += 1
-        return count
-
-    def wait_for(self, pred: Callable[[bytes], bool], timeout: float = 5.0) -> bytes:
-        deadline = time.monotonic() + timeout
-        while True:
-            frame = self._pop()
-            while frame is not None:
-                if pred(frame):
-                    return frame
-                frame = self._pop()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no matching frame from passt")
-            self._read(left)
 
 
 def dhcp_discover(mac: str, xid: int) -> bytes:

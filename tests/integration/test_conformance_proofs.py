@@ -145,13 +145,15 @@ def test_auto_U_follows_T(topo: Topology, pasta_bin: str) -> None:
 @pytest.mark.conformance("ports.udp-follows-tcp")
 def test_pasta_udp_follows_translated_tcp_untranslated(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """-t 7421:7422 without -u: UDP 7421 is forwarded to the namespace's 7421 (no translation)."""
-    done = tmp_path / "done"
+    done, bound = tmp_path / "done", tmp_path / "bound"
     script = ("socat UDP-RECVFROM:7421,fork SYSTEM:'echo same-port' & "
               "socat UDP-RECVFROM:7422,fork SYSTEM:'echo translated' & "
-              f"{_ns_wait(7421, udp=True)}; {_ns_wait(7422, udp=True)}; "
+              f"{_ns_wait(7421, udp=True)}; {_ns_wait(7422, udp=True)}; touch {bound}; "
               f"while [ ! -e {done} ]; do sleep 0.02; done; kill %1 %2")
     proc = _pasta_serving(topo, pasta_bin, script, 7421, "-t", "7421:7422", udp=True)
     try:
+        # the namespace's servers, not only pasta's host side: a datagram before them is refused
+        assert _until(bound.exists, 20) is not None, "the namespace's UDP servers did not start"
         got = _udp_ask(topo, topo.wan, HOST_ADDR4, 7421, "ping")
         assert got == "same-port", f"[ports.udp-follows-tcp] UDP 7421 answered {got!r}"
     finally:

@@ -8,6 +8,7 @@ that may also be on PATH.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
@@ -39,6 +40,24 @@ def program(name: str) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _group_exclusive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests of one `xdist_group` (a shared resource: passt's default /tmp sockets, the trixie
+    root's services) never overlap, whatever the scheduler does: each holds the group's file lock.
+
+    `--dist loadgroup` alone is not enough: with pytest 9.2 it silently stops grouping
+    (pytest-xdist issue 1386), and a second checkout's tests on the same machine share /tmp too.
+    """
+    mark = request.node.get_closest_marker("xdist_group")
+    if mark is None:
+        yield
+        return
+    name = mark.args[0] if mark.args else mark.kwargs["name"]
+    with open(f"/tmp/passt-tests-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

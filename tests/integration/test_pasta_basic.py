@@ -37,7 +37,7 @@ def test_plain_pasta_shell_sees_tap_and_lo_up(topo: Topology, pasta_bin: str) ->
     assert ": tap9:" in res.stdout and f": {HOST_IF}:" not in res.stdout
 
 
-@pytest.mark.conformance("synopsis.pasta", "opt.quiet", "opt.debug")
+@pytest.mark.conformance("synopsis.pasta", "opt.quiet")
 def test_exit_status_of_command_is_pastas(topo: Topology, pasta_bin: str) -> None:
     """A non-PID operand is a command run instead of $SHELL, whose exit status is pasta's; -q / -d set the noise."""
     res = topo.run(topo.host, [pasta_bin, "-q", "sh", "-c", "exit 7"])

@@ -181,7 +181,6 @@ def _serve(args: list[str], listener: socket.socket | None, path: str, early_pat
     from passt import daemon, log
     from passt.cli import ConfigError, parse_args
     from passt.config import Mode
-    from passt.control.server import start_control
     from passt.loop import EVENT_READ
     from passt.runtime import Runtime, local_addresses
     from passt.summary import format_summary
@@ -220,7 +219,10 @@ def _serve(args: list[str], listener: socket.socket | None, path: str, early_pat
         listener.setblocking(False)
     runtime = Runtime(conf, local_addrs=local_addresses())
     runtime.start_forwarding()
-    start_control(runtime)  # -c: the control socket (passt.control, docs/control.md)
+    if conf.conf_path:  # -c: the control socket (passt.control, docs/control.md)
+        from passt.control.server import start_control
+
+        start_control(runtime)
     out = format_summary(conf)
     if listener is not None:
         out += f"UNIX domain socket bound at {path}\n\n"

@@ -215,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise fail(str(exc)) from None
 
     scan = _scanner(helper.pid)
-    runtime = Runtime(conf, local_addrs=local_addresses(), scan_ns_ports=scan, ns_socket=helper.socket)
-    runtime.ns_pid = helper.pid  # the control socket's `stats` reads the tap's counters there
+    runtime = Runtime(conf, local_addrs=local_addresses(), scan_ns_ports=scan, ns_socket=helper.socket,
+                      ns_pid=helper.pid)
     ctx = runtime.ctx
     ctx.guest.learn_mac(tap_mac)
     pcap = None
@@ -291,17 +291,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: runtime.loop.stop())
     # Set-up is done: the tap, listeners and helper exist; serve unprivileged.
     # numpy (payload checksums) loads after the caller is told we are ready,
-    # unless we are about to drop privileges: the interpreter's files may
-    # not be readable by the user we become.
-    dropping = daemon.will_drop(conf.runas)
-    if dropping:
+    # unless we drop privileges and the user we become might not read its
+    # files or the interpreter's (daemon.import_before_drop).
+    preload_first = daemon.import_before_drop(conf.runas)
+    if preload_first:
         checksum.preload()
     try:
         daemon.drop_privileges(conf.runas)
     except OSError as exc:
         raise readiness.failed("pasta", f"can't switch to --runas user: {exc.strerror}") from None
     readiness.ready()
-    if not dropping:
+    if not preload_first:
         checksum.preload()
     try:
         runtime.loop.run()

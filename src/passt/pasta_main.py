@@ -207,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from passt.tap.tuntap import TunTap
     from passt.wire import checksum
 
+    local_addrs = local_addresses()  # ours, in this namespace: no need to wait for the helper
     try:
         helper, tap_fd, tap_mac, _index = pending.wait_ready()
     except NsHelperError as exc:
@@ -215,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise fail(str(exc)) from None
 
     scan = _scanner(helper.pid)
-    runtime = Runtime(conf, local_addrs=local_addresses(), scan_ns_ports=scan, ns_socket=helper.socket,
+    runtime = Runtime(conf, local_addrs=local_addrs, scan_ns_ports=scan, ns_socket=helper.socket,
                       ns_pid=helper.pid)
     ctx = runtime.ctx
     ctx.guest.learn_mac(tap_mac)

@@ -37,7 +37,6 @@ SIOCOUTQ: Final = 0x5411
 _IFREQ: Final = struct.Struct("16sH22x")
 
 
-
 def load_libc() -> ctypes.CDLL:
     """glibc by its soname; only where that fails, ask `find_library` (it runs `ldconfig -p`)."""
     try:

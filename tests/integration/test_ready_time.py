@@ -30,8 +30,9 @@ RUNS: Final = 9
 #: wall time, not the CPU.  Measured here: ~110-130 ms for either.
 PASTA_READY_CPU_MS: Final = 230.0
 PASST_READY_CPU_MS: Final = 230.0
-#: Median wall time (ms), bounded only against the gross: bytecode compiled at every start.
-READY_WALL_MS: Final = 600.0
+#: Median wall time (ms), bounded only against the gross (bytecode compiled at every start:
+#: ~0.7 s idle); under load 6 here the wall median is ~350 ms for the same ~120 ms of CPU.
+READY_WALL_MS: Final = 1000.0
 
 _PROBE: Final = r"""
 import json, os, resource, signal, statistics, subprocess, sys, time

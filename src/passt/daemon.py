@@ -174,11 +174,6 @@ def drop_target(runas: tuple[int, int] | None, *, euid: int, initial_userns: boo
     return nobody() if initial_userns else None
 
 
-def will_drop(runas: tuple[int, int] | None) -> bool:
-    """Whether `drop_privileges` will change our identity (then import everything before it)."""
-    return drop_target(runas, euid=os.geteuid(), initial_userns=in_initial_userns()) is not None
-
-
 def readable_by(path: str, uid: int, gid: int, *, stat_fn: Callable[[str], os.stat_result] = os.stat) -> bool:
     """Whether `uid:gid` (no supplementary groups: the drop clears them) may list `path` and
     search every directory above it, by the mode bits (owner, group, else other)."""
@@ -212,7 +207,8 @@ def import_before_drop(runas: tuple[int, int] | None, module: str = "numpy") -> 
     if spec is None or not spec.submodule_search_locations:
         return True
     stdlib = os.path.dirname(os.__file__)
-    dirs = [stdlib, os.path.join(stdlib, "lib-dynload"), *spec.submodule_search_locations]
+    ours = os.path.dirname(os.path.abspath(__file__))  # our own modules that load late
+    dirs = [stdlib, os.path.join(stdlib, "lib-dynload"), ours, *spec.submodule_search_locations]
     libs = os.path.join(os.path.dirname(dirs[-1]), f"{module}.libs")  # a wheel's bundled libraries
     if os.path.isdir(libs):
         dirs.append(libs)

@@ -25,7 +25,9 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import stat
 import sys
+from collections.abc import Callable
 from typing import Final
 
 from passt import log
@@ -172,9 +174,45 @@ def drop_target(runas: tuple[int, int] | None, *, euid: int, initial_userns: boo
     return nobody() if initial_userns else None
 
 
-def will_drop(runas: tuple[int, int] | None) -> bool:
-    """Whether `drop_privileges` will change our identity (then import everything before it)."""
-    return drop_target(runas, euid=os.geteuid(), initial_userns=in_initial_userns()) is not None
+def readable_by(path: str, uid: int, gid: int, *, stat_fn: Callable[[str], os.stat_result] = os.stat) -> bool:
+    """Whether `uid:gid` (no supplementary groups: the drop clears them) may list `path` and
+    search every directory above it, by the mode bits (owner, group, else other)."""
+    path = os.path.realpath(path)
+    parts = [p for p in path.split(os.sep) if p]
+    for depth in range(len(parts) + 1):
+        here = os.sep + os.sep.join(parts[:depth])
+        try:
+            st = stat_fn(here)
+        except OSError:
+            return False
+        need = stat.S_IXOTH | (stat.S_IROTH if depth == len(parts) else 0)
+        bits = st.st_mode >> 6 if st.st_uid == uid else st.st_mode >> 3 if st.st_gid == gid else st.st_mode
+        if bits & need != need:
+            return False
+    return True
+
+
+def import_before_drop(runas: tuple[int, int] | None, module: str = "numpy") -> bool:
+    """Whether `module` must be imported before `drop_privileges` (so before the ready word):
+    we will drop, and the user we become may not read it or the standard library it needs.
+
+    Where it can (a system-wide install: /usr/lib/python3), it loads after the word instead.
+    """
+    target = drop_target(runas, euid=os.geteuid(), initial_userns=in_initial_userns())
+    if target is None:
+        return False
+    from importlib.machinery import PathFinder
+
+    spec = PathFinder.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return True
+    stdlib = os.path.dirname(os.__file__)
+    ours = os.path.dirname(os.path.abspath(__file__))  # our own modules that load late
+    dirs = [stdlib, os.path.join(stdlib, "lib-dynload"), ours, *spec.submodule_search_locations]
+    libs = os.path.join(os.path.dirname(dirs[-1]), f"{module}.libs")  # a wheel's bundled libraries
+    if os.path.isdir(libs):
+        dirs.append(libs)
+    return not all(readable_by(d, *target) for d in dirs if os.path.exists(d))
 
 
 def drop_privileges(runas: tuple[int, int] | None) -> None:

@@ -61,6 +61,12 @@ class NsHelper:
         the network namespace belongs to a user namespace we already are in
         (or we are root in the init namespace).
         """
+        return cls.spawn(userns=userns, netns=netns, setup=setup).wait_ready()
+
+    @classmethod
+    def spawn(cls, *, userns: str | None, netns: str, setup: TapSetup) -> NsHelper:
+        """Fork the helper and return at once: it joins and configures the namespace
+        while we go on (pasta imports its data plane meanwhile); then `wait_ready`."""
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
@@ -74,7 +80,11 @@ class NsHelper:
             finally:
                 os._exit(code)
         child.close()
-        helper = cls(parent, pid)
+        return cls(parent, pid)
+
+    def wait_ready(self) -> tuple[NsHelper, int, bytes, int]:
+        """The helper's set-up report: (helper, tap fd, tap MAC, tap ifindex); NsHelperError if it failed."""
+        helper = self
         reply, fds = helper._recv()
         if not reply.get("ok"):
             helper.close()

@@ -19,13 +19,13 @@ descriptor, one timer, reads of at most READ_MAX bytes per wake-up.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 from collections.abc import Callable
 from typing import Final
 
 from passt.loop import EVENT_READ, EventLoop
+from passt.syscalls import LIBC as _libc
 
 IN_MOVED_FROM: Final = 0x00000040
 IN_DELETE: Final = 0x00000200
@@ -41,7 +41,6 @@ READ_MAX: Final = 4096
 #: How often the path is checked against the namespace we joined.
 CHECK_INTERVAL_S: Final = 1.0
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.inotify_init1.argtypes = [ctypes.c_int]
 _libc.inotify_init1.restype = ctypes.c_int
 _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]

@@ -181,7 +181,6 @@ def _serve(args: list[str], listener: socket.socket | None, path: str, early_pat
     from passt import daemon, log
     from passt.cli import ConfigError, parse_args
     from passt.config import Mode
-    from passt.control.server import start_control
     from passt.loop import EVENT_READ
     from passt.runtime import Runtime, local_addresses
     from passt.summary import format_summary
@@ -220,7 +219,10 @@ def _serve(args: list[str], listener: socket.socket | None, path: str, early_pat
         listener.setblocking(False)
     runtime = Runtime(conf, local_addrs=local_addresses())
     runtime.start_forwarding()
-    start_control(runtime)  # -c: the control socket (passt.control, docs/control.md)
+    if conf.conf_path:  # -c: the control socket (passt.control, docs/control.md)
+        from passt.control.server import start_control
+
+        start_control(runtime)
     out = format_summary(conf)
     if listener is not None:
         out += f"UNIX domain socket bound at {path}\n\n"
@@ -277,17 +279,17 @@ def _serve(args: list[str], listener: socket.socket | None, path: str, early_pat
         raise readiness.failed("passt", f"can't write PID file {conf.pid_file}: {exc.strerror}") from None
     # Everything privileged is done (socket, listeners, capture file).
     # numpy (payload checksums) loads after the caller hears we are ready,
-    # unless privileges are dropped first: the interpreter's files may not
-    # be readable by the user we become.
-    dropping = daemon.will_drop(conf.runas)
-    if dropping:
+    # unless we drop privileges and the user we become might not read its
+    # files or the interpreter's (daemon.import_before_drop).
+    preload_first = daemon.import_before_drop(conf.runas)
+    if preload_first:
         checksum.preload()
     try:
         daemon.drop_privileges(conf.runas)
     except OSError as exc:
         raise readiness.failed("passt", f"can't switch to --runas user: {exc.strerror}") from None
     readiness.ready()
-    if not dropping:
+    if not preload_first:
         checksum.preload()
     try:
         if not terminated:

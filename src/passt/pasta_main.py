@@ -27,7 +27,8 @@ from typing import Final
 
 # What set-up needs before the namespace helper starts; the data plane
 # (runtime and everything under it) is imported in `main` while the helper
-# configures the namespace, so the two overlap (ready within ~200 ms).
+# configures the namespace, so the two overlap.  The control socket's and
+# the namespace watch's modules load only when -c / --netns ask for them.
 from passt import daemon, log, syscalls
 from passt.cli import ConfigError, parse_args
 from passt.config import Config, Mode
@@ -198,31 +199,38 @@ def main(argv: Sequence[str] | None = None) -> None:
                 spawned.abort()
             raise fail(f"can't watch PID {watch_pid}: {exc.strerror}") from None
 
+    # The helper joins and configures the namespace while we import the data plane.
+    pending = NsHelper.spawn(userns=userns, netns=netns, setup=_tap_setup(conf))
+    from passt.loop import EVENT_READ
+    from passt.runtime import Runtime, local_addresses
+    from passt.summary import format_summary
+    from passt.tap.tuntap import TunTap
+    from passt.wire import checksum
+
+    local_addrs = local_addresses()  # ours, in this namespace: no need to wait for the helper
     try:
-        helper, tap_fd, tap_mac, _index = NsHelper.start(userns=userns, netns=netns, setup=_tap_setup(conf))
+        helper, tap_fd, tap_mac, _index = pending.wait_ready()
     except NsHelperError as exc:
         if spawned is not None:
             spawned.abort()
         raise fail(str(exc)) from None
 
-    from passt.control.server import start_control
-    from passt.loop import EVENT_READ
-    from passt.nswatch import NetnsWatch
-    from passt.runtime import Runtime, local_addresses
-    from passt.summary import format_summary
-    from passt.tap.pcap import Pcap
-    from passt.tap.tuntap import TunTap
-    from passt.wire import checksum
-
     scan = _scanner(helper.pid)
-    runtime = Runtime(conf, local_addrs=local_addresses(), scan_ns_ports=scan, ns_socket=helper.socket)
-    runtime.ns_pid = helper.pid  # the control socket's `stats` reads the tap's counters there
+    runtime = Runtime(conf, local_addrs=local_addrs, scan_ns_ports=scan, ns_socket=helper.socket,
+                      ns_pid=helper.pid)
     ctx = runtime.ctx
     ctx.guest.learn_mac(tap_mac)
-    pcap = Pcap(conf.pcap) if conf.pcap else None
+    pcap = None
+    if conf.pcap:
+        from passt.tap.pcap import Pcap
+
+        pcap = Pcap(conf.pcap)
     runtime.attach_tap(TunTap(tap_fd, ctx.counters, pcap))
     runtime.start_forwarding()
-    start_control(runtime)  # -c: the control socket (passt.control, docs/control.md)
+    if conf.conf_path:  # -c: the control socket (passt.control, docs/control.md)
+        from passt.control.server import start_control
+
+        start_control(runtime)
     log.block(format_summary(conf))
 
     exit_code = 0
@@ -259,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         runtime.loop.stop()
 
     if conf.netns is not None and not conf.no_netns_quit:
+        from passt.nswatch import NetnsWatch
+
         try:
             NetnsWatch(runtime.loop, conf.netns, netns_gone)
         except OSError as exc:
@@ -282,17 +292,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: runtime.loop.stop())
     # Set-up is done: the tap, listeners and helper exist; serve unprivileged.
     # numpy (payload checksums) loads after the caller is told we are ready,
-    # unless we are about to drop privileges: the interpreter's files may
-    # not be readable by the user we become.
-    dropping = daemon.will_drop(conf.runas)
-    if dropping:
+    # unless we drop privileges and the user we become might not read its
+    # files or the interpreter's (daemon.import_before_drop).
+    preload_first = daemon.import_before_drop(conf.runas)
+    if preload_first:
         checksum.preload()
     try:
         daemon.drop_privileges(conf.runas)
     except OSError as exc:
         raise readiness.failed("pasta", f"can't switch to --runas user: {exc.strerror}") from None
     readiness.ready()
-    if not dropping:
+    if not preload_first:
         checksum.preload()
     try:
         runtime.loop.run()

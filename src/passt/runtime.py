@@ -59,8 +59,10 @@ class Runtime:
         local_addrs: frozenset[bytes] = frozenset(),
         scan_ns_ports: Callable[[bool], set[int]] | None = None,
         ns_socket: SocketFactory | None = None,
+        ns_pid: int | None = None,
     ) -> None:
-        """`ns_socket` (pasta: the namespace helper's socket factory) adds the loopback bypass."""
+        """`ns_socket` (pasta: the namespace helper's socket factory) adds the loopback bypass;
+        `ns_pid` is the helper's PID (the control socket's `stats` reads the tap's counters there)."""
         self.conf = conf
         self.loop = EventLoop()
         ctx = self.ctx = Context(conf, self.loop)
@@ -97,8 +99,8 @@ class Runtime:
         self.udp_splice_out: UdpSpliceHandler | None = None
         #: pasta: the -T/-U listeners in the namespace (one Forwarder per loopback address).
         self.ns_forwarders: list[Forwarder] = []
-        #: pasta: the namespace helper's PID (set by pasta_main; the control socket reads it).
-        self.ns_pid: int | None = None
+        #: pasta: the namespace helper's PID (the control socket reads it).
+        self.ns_pid = ns_pid
         if ns_socket is not None:
             self._build_bypass(ns_socket)
         # -t/-u: loopback peers go to the bypass when there is one; `auto` never forwards

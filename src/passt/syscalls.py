@@ -9,7 +9,6 @@ needs magic numbers.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import fcntl
 import os
 import struct
@@ -37,7 +36,20 @@ SIOCOUTQ: Final = 0x5411
 
 _IFREQ: Final = struct.Struct("16sH22x")
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def load_libc() -> ctypes.CDLL:
+    """glibc by its soname; only where that fails, ask `find_library` (it runs `ldconfig -p`)."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c"), use_errno=True)
+
+
+#: The one handle on libc (nswatch.py uses it too).
+LIBC: Final = load_libc()
+_libc = LIBC
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.unshare.restype = ctypes.c_int
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]

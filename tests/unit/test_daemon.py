@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import stat
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -66,3 +68,28 @@ def test_still_there() -> None:
     assert not nswatch.still_there(joined, None)             # deleted
     assert not nswatch.still_there(joined, (2049, 123))      # unmounted: the file beneath
     assert nswatch.still_there(joined, nswatch.UNKNOWN)      # can't look: benefit of the doubt
+
+
+def _fake_stat(modes: dict[str, tuple[int, int, int]]) -> Callable[[str], os.stat_result]:
+    """A stat for `readable_by`: path -> (mode, uid, gid) of a directory; others are missing."""
+
+    def fake(path: str) -> os.stat_result:
+        if path not in modes:
+            raise FileNotFoundError(path)
+        mode, uid, gid = modes[path]
+        return os.stat_result((stat.S_IFDIR | mode, 0, 0, 1, uid, gid, 0, 0, 0, 0))
+
+    return fake
+
+
+@pytest.mark.parametrize(("modes", "expected"), [
+    ({"/": (0o755, 0, 0), "/usr": (0o755, 0, 0), "/usr/lib": (0o755, 0, 0)}, True),  # system-wide
+    ({"/": (0o755, 0, 0), "/usr": (0o700, 0, 0), "/usr/lib": (0o755, 0, 0)}, False),  # /root-like parent
+    ({"/": (0o755, 0, 0), "/usr": (0o711, 0, 0), "/usr/lib": (0o711, 0, 0)}, False),  # searchable, unlistable
+    ({"/": (0o755, 0, 0), "/usr": (0o750, 0, 7), "/usr/lib": (0o700, 9, 9)}, True),   # by group, then by owner
+    ({"/": (0o755, 0, 0), "/usr": (0o755, 0, 0)}, False),                              # missing
+    ({"/": (0o755, 0, 0), "/usr": (0o070, 9, 9), "/usr/lib": (0o755, 0, 0)}, False),  # owner bits, not other
+])
+def test_readable_by(modes: dict[str, tuple[int, int, int]], expected: bool) -> None:
+    """The dropped user's view by mode bits: search on every directory above, list on the last."""
+    assert daemon.readable_by("/usr/lib", 9, 7, stat_fn=_fake_stat(modes)) is expected

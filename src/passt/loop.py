@@ -220,17 +220,13 @@ class EventLoop:
         self._spin = self._busy_poll if ready else 0.0
         now = self.now = time.monotonic()
         fds = self._fds
+        masks = _MASKS
         for fd, ev in ready:
             entry = fds.get(fd)
             if entry is None:
                 continue  # unregistered by an earlier handler of this turn
-            events, handler = entry
-            mask = 0
-            if ev & ~_EPOLLIN:
-                mask |= EVENT_WRITE
-            if ev & ~_EPOLLOUT:
-                mask |= EVENT_READ
-            handler(mask & events, now)
+            handler = entry[1]
+            handler(masks[ev & _EPOLL_BITS] & entry[0], now)
         timers = self._timers
         while timers and timers[0][0] <= now:
             _, _, timer = heapq.heappop(timers)
@@ -258,6 +254,24 @@ class EventLoop:
 
 _EPOLLIN: Final = select.EPOLLIN
 _EPOLLOUT: Final = select.EPOLLOUT
+
+
+#: What epoll reports for the events we register: IN, PRI, OUT, ERR, HUP.
+_EPOLL_BITS: Final = 0x1F
+
+
+def _selector_mask(ev: int) -> int:
+    """epoll's report as selector events: ERR/HUP wake both readers and writers (as `selectors`)."""
+    mask = 0
+    if ev & ~_EPOLLIN:
+        mask |= EVENT_WRITE
+    if ev & ~_EPOLLOUT:
+        mask |= EVENT_READ
+    return mask
+
+
+#: _selector_mask of every combination of _EPOLL_BITS, looked up once per ready descriptor.
+_MASKS: Final = tuple(_selector_mask(ev) for ev in range(_EPOLL_BITS + 1))
 
 
 def _to_epoll(events: int) -> int:

@@ -9,7 +9,14 @@ a GSO type, segmenting and checksumming them itself: one system call and one
 Python iteration per 64 KiB instead of per 1500 bytes (docs/architecture.md).
 
 Reading: `readv` into a ring of preallocated slots until EAGAIN or the ring is
-full; each slot holds one frame after its 10-byte virtio-net header.
+full; each slot holds one frame after its 10-byte virtio-net header.  The
+latency path avoids the EAGAIN: Python raises it as BlockingIOError, which
+after a 10 ms idle spell cost ~30 us of cold interpreter on the bench (the
+ping trace in docs/performance.md), more than the echo's whole C budget.  So a
+wake-up after IDLE_S of silence reads one frame and returns (the level-triggered
+epoll reports at once whatever else is queued), and otherwise the first frame
+is followed by a poll(0) of the tap, a system call that answers "nothing
+more" without an exception; only a burst ends in EAGAIN.
 Writing: one `writev([header, frame])` per frame (the tap takes one frame per
 write); EAGAIN drops the rest of the batch (counted): the kernel queue is full
 and TCP will retransmit.  So nothing is ever left queued after a flush:
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import struct
 import time
 from typing import Final
@@ -36,6 +44,8 @@ VIRTIO_NET_HDR_F_NEEDS_CSUM: Final = 1
 SLOT: Final = VNET_HDR_LEN + 65535 + 14
 #: Frames read per turn at most: bounds latency for other descriptors.
 RX_SLOTS: Final = 128
+#: A tap silent for this long has its next wake-up read as a lone frame (read_frames).
+IDLE_S: Final = 1e-3
 #: Frames written per flush at most before giving the loop back.
 MAX_QUEUED: Final = 4096
 
@@ -55,41 +65,58 @@ class TunTap:
         self._ring = bytearray(SLOT * RX_SLOTS)
         self._view = memoryview(self._ring)
         self._slots = [self._view[i * SLOT : (i + 1) * SLOT] for i in range(RX_SLOTS)]
+        #: One iovec list per slot, built once (readv takes a sequence of buffers).
+        self._iovs = [[slot] for slot in self._slots]
+        #: Readability check after the first frame of a turn (see read_frames).
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        self._more = poller.poll
         self._out: list[list[Buffer]] = []
-        self._closed = False
+        #: The device went away (EOF, EBADF...): a plain attribute, read once per wake-up.
+        self.closed = False
+        #: time.monotonic() of the last read_frames() that found a frame.
+        self._last_rx = 0.0
 
     def fileno(self) -> int:
         return self.fd
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def read_frames(self) -> list[memoryview]:
         frames: list[memoryview] = []
         readv = os.readv
         fd = self.fd
-        for slot in self._slots:
+        iovs = self._iovs
+        slots = self._slots
+        now = time.monotonic()
+        # After an idle spell a wake-up is one frame (ping, RR, the first SYN): return it
+        # without a second read; a level-triggered epoll reports anything left at once.
+        lone = now - self._last_rx > IDLE_S
+        i = 0
+        for _ in range(RX_SLOTS):
             try:
-                n = readv(fd, [slot])
+                n = readv(fd, iovs[i])
             except BlockingIOError:
                 break
             except OSError as exc:
                 if exc.errno == errno.EINTR:
                     continue
-                self._closed = True
+                self.closed = True
                 break
             if n <= VNET_HDR_LEN + 14:
                 if n == 0:
-                    self._closed = True
+                    self.closed = True
                     break
                 self.counters.drop("tap_short")
                 continue
-            frames.append(slot[VNET_HDR_LEN:n])
-        if self.pcap is not None and frames:
-            now = time.time()
-            for frame in frames:
-                self.pcap.write(frame, now)
+            frames.append(slots[i][VNET_HDR_LEN:n])
+            i += 1
+            if i == 1 and (lone or not self._more(0)):
+                break
+        if frames:
+            self._last_rx = now
+            if self.pcap is not None:
+                stamp = time.time()
+                for frame in frames:
+                    self.pcap.write(frame, stamp)
         return frames
 
     def send(self, frame: Buffer) -> None:
@@ -136,14 +163,14 @@ class TunTap:
         except OSError as exc:
             self.counters.drops["tap_write_error"] += len(out) - done
             if exc.errno in (errno.EBADF, errno.EIO, errno.ENXIO):
-                self._closed = True
+                self.closed = True
         out.clear()
 
     def pending(self) -> bool:
         return bool(self._out)
 
     def close(self) -> None:
-        self._closed = True
+        self.closed = True
         self._out.clear()
         try:
             os.close(self.fd)

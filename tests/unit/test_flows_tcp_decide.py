@@ -87,9 +87,27 @@ def test_docstring_table_matches_the_constants() -> None:
 
 def test_table_names_the_decisions_that_exist() -> None:
     doc = d.__doc__ or ""
-    section = doc[doc.index("decision           returns") :]
+    section = doc[doc.index("decision           returns") : doc.index("State bits and transitions")]
     names = re.findall(r"^ {4}([a-z_]+)\s", section, re.M)
     assert names and all(inspect.isfunction(getattr(d, n, None)) for n in names)
+
+
+_EVENT_ROW = re.compile(r"^ {4}(EV_[A-Z_]+)\s+([a-z_]+)\s", re.M)
+
+
+def test_event_table_matches_the_code() -> None:
+    """The docstring's "fired by" table is exactly the set of (event, function) pairs in the code."""
+    rows = set(_EVENT_ROW.findall(d.__doc__ or ""))
+    events = {name for name in vars(tcp_state) if name.startswith("EV_")}
+    assert {ev for ev, _ in rows} == events
+    used = {
+        (ev, name)
+        for name, fn in vars(d).items()
+        if inspect.isfunction(fn) and fn.__module__ == d.__name__
+        for ev in events
+        if re.search(rf"\b{ev}\b", inspect.getsource(fn))
+    }
+    assert rows == used
 
 
 @pytest.mark.parametrize("module", [d, tcp_state, wire_tcp])

@@ -79,6 +79,21 @@ checks this table against the constants below):
     room_estimate      ROOM_MEASURE       -2     read SO_MEMINFO, then `room_measured`
 
 State bits and transitions: tcp_state (its docstring holds that table).
+Which decision fires which of its events (each through `next_state`; a
+unit test checks this table against the code too):
+
+    event               fired by          when
+    -----               --------          ----
+    EV_GUEST_SYN        guest_syn         a guest SYN for no flow, connect() started
+    EV_SOCK_ACCEPTED    accepted          a -t connection accepted, our SYN goes out
+    EV_CONNECTED        connected         the host connect() succeeded, SYN-ACK goes out
+    EV_HANDSHAKE_DONE   established       the guest's ACK of our SYN-ACK, or its SYN-ACK
+    EV_GUEST_FIN        data_taken        the guest's FIN, after all its data went to send()
+    EV_GUEST_FIN_ACKED  ack_guest_fin     the peer acknowledged all the guest's data
+    EV_SOCK_EOF         sock_eof          a zero-length peek: the peer closed
+    EV_FIN_SENT         sock_eof          our FIN follows the last byte peeked
+    EV_FIN_ACKED        ack_from_guest    a guest ACK covers our FIN
+    EV_FIN_RESEND       rewind            a retransmission rewinds before our FIN
 Offsets: host-to-guest (`sent`, `acked`, `snd_max`, `fin_off`) count data
 bytes after our ISN + 1, guest-to-host (`rcvd`, `ack_off`) bytes after the
 guest's ISN + 1; they are unbounded ints, only the wire is modulo 2**32.

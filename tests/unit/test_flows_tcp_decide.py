@@ -70,7 +70,7 @@ def check(c: TcpFlow, want: dict[str, Any]) -> None:
 
 # the module itself -------------------------------------------------------------------
 _TABLE_ROW = re.compile(r"^ {4}(?:[a-z_]+)?\s+([A-Z][A-Z_]+)\s+(-?\d+)\s+\S", re.M)
-_ACTION_PREFIXES = ("HS_", "A_", "D_", "T_", "P_", "S_", "TM_", "ROOM_", "ACK_DELAY")
+_ACTION_PREFIXES = ("HS_", "A_", "D_", "T_", "P_", "E_", "TM_", "ROOM_")
 
 
 def test_docstring_table_matches_the_constants() -> None:
@@ -484,11 +484,11 @@ def test_sock_eof_sends_fin_after_the_data() -> None:
     assert c.ack_sent == gseq(7) and c.seq_nxt() == gack(501)
 
 
-#: (fields before, ack_plan result); ack_off sets the ACK number, ack_sent the last one sent
+#: (fields before, turn_end's ACK part); ack_off sets the ACK number, ack_sent the last one sent
 ACK_PLANS: list[tuple[dict[str, Any], int]] = [
     (dict(ack_sent=gseq(0)), 0),  # nothing new
     (dict(ack_sent=gseq(0), need_ack=True), 1),
-    (dict(ack_sent=gseq(0), ack_off=100), d.ACK_DELAY),  # less than an MSS: may ride on data
+    (dict(ack_sent=gseq(0), ack_off=100), d.E_DELAY),  # less than an MSS: may ride on data
     (dict(ack_sent=gseq(0), ack_off=1460), 1),  # a full MSS: now
     (dict(ack_sent=-1), 1),  # first ACK ever
     (dict(ack_sent=gseq(0), nudge=True), d.DUP_ACK_THRESHOLD),  # three duplicates
@@ -496,15 +496,15 @@ ACK_PLANS: list[tuple[dict[str, Any], int]] = [
     (dict(ack_sent=gseq(0), wnd_raw=0, wnd_sent=100), 1),  # window closes
     (dict(ack_sent=gseq(0), wnd_raw=90, wnd_sent=100), 0),  # window jitter
     # the ACK of the guest's FIN waits for ours, unless ours went already
-    (dict(ack_sent=gseq(0), ack_off=0, state=EST | GUEST_FIN | GUEST_FIN_ACKED), d.ACK_DELAY),
+    (dict(ack_sent=gseq(0), ack_off=0, state=EST | GUEST_FIN | GUEST_FIN_ACKED), d.E_DELAY),
     (dict(ack_sent=gseq(0), ack_off=0, state=EST | GUEST_FIN | GUEST_FIN_ACKED | SOCK_EOF | FIN_SENT), 1),
 ]
 
 
 @pytest.mark.parametrize(("before", "plan"), ACK_PLANS)
-def test_ack_plan(before: dict[str, Any], plan: int) -> None:
+def test_turn_end_ack(before: dict[str, Any], plan: int) -> None:
     c = flow(**{"wnd_raw": 100, "wnd_sent": 100, **before})
-    assert d.ack_plan(c) == plan
+    assert d.turn_end(c) & (d.E_ACKS | d.E_DELAY) == plan
     assert not c.need_ack and not c.nudge
 
 
@@ -514,20 +514,20 @@ def test_ack_sent_records_what_left() -> None:
     check(c, {"ack_sent": gseq(30), "wnd_sent": 77})
 
 
-#: (fields before, service_done bits)
+#: (fields before, turn_end's close and poll bits)
 DONE: list[tuple[dict[str, Any], int]] = [
     (dict(wnd_raw=100), 0),
-    (dict(state=EST | GUEST_FIN | GUEST_FIN_ACKED | SOCK_EOF | FIN_SENT | FIN_ACKED), d.S_CLOSE),
-    (dict(wnd_raw=100, rcvd=10), d.S_POLL),  # guest data waits for the peer's ACK
-    (dict(wnd_raw=100, state=EST | GUEST_FIN), d.S_POLL),  # the guest's FIN does
-    (dict(wnd_raw=0), d.S_POLL),  # our window is shut
+    (dict(state=EST | GUEST_FIN | GUEST_FIN_ACKED | SOCK_EOF | FIN_SENT | FIN_ACKED), d.E_CLOSE),
+    (dict(wnd_raw=100, rcvd=10), d.E_POLL),  # guest data waits for the peer's ACK
+    (dict(wnd_raw=100, state=EST | GUEST_FIN), d.E_POLL),  # the guest's FIN does
+    (dict(wnd_raw=0), d.E_POLL),  # our window is shut
     (dict(wnd_raw=0, state=EST | GUEST_FIN | GUEST_FIN_ACKED), 0),
 ]
 
 
 @pytest.mark.parametrize(("before", "bits"), DONE)
-def test_service_done(before: dict[str, Any], bits: int) -> None:
-    assert d.service_done(flow(**before)) == bits
+def test_turn_end_close_and_poll(before: dict[str, Any], bits: int) -> None:
+    assert d.turn_end(flow(**before)) & (d.E_CLOSE | d.E_POLL) == bits
 
 
 def test_sock_events() -> None:
@@ -619,7 +619,7 @@ def test_request_response_close_with_numbers_only() -> None:
     assert d.service_plan(c) == d.P_INFO
     d.reflect_peer(c, 1 + 100, 64000, d.room_estimate(c, 0))  # the peer acked it at once
     assert c.ack_off == 100
-    assert d.ack_plan(c) == d.ACK_DELAY  # waits for the answer to carry it
+    assert d.turn_end(c) == d.E_DELAY  # waits for the answer to carry it
     # the answer: 300 bytes and the peer's FIN
     d.sock_readable(c, True)
     assert d.service_plan(c) & d.P_PUSH
@@ -633,6 +633,5 @@ def test_request_response_close_with_numbers_only() -> None:
     assert d.data_from_guest(c, gseq(100), ACK | FIN, 0) == 0
     assert d.data_taken(c, 0, 0, FIN) == d.T_SHUTDOWN
     assert c.state & GUEST_FIN_ACKED  # all its data was acked already
-    assert d.ack_plan(c) == 1  # the FIN's ACK goes now: ours is out
+    assert d.turn_end(c) == 1 | d.E_CLOSE  # the FIN's ACK goes now (ours is out), then the close
     assert d.ack_sent(c) == gseq(101)
-    assert d.service_done(c) == d.S_CLOSE

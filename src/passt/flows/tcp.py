@@ -68,7 +68,18 @@ from passt.flows import tcp_decide as d
 from passt.flows.outbound import Outbound
 from passt.flows.sockets import SocketFactory, close_rst
 from passt.flows.table import FLOW_MAX, FlowTable
-from passt.flows.tcp_decide import SCRATCH_BYTES, SYN_TIMEOUT_S, TcpFlow
+from passt.flows.tcp_decide import (
+    E_ACKS,
+    E_CLOSE,
+    E_DELAY,
+    E_POLL,
+    SCRATCH_BYTES,
+    SYN_TIMEOUT_S,
+    TcpFlow,
+    ack_from_guest,
+    service_plan,
+    turn_end,
+)
 from passt.flows.tcp_frames import FrameRing, FrameTemplate, build_control, gso_payload_cap
 from passt.flows.tcp_kernel import (
     TCP_INFO_LEN,
@@ -253,7 +264,7 @@ class TcpHandler:
         if not flags & ACK:
             counters.drop("tcp_no_ack")
             return
-        r = d.ack_from_guest(conn, seg.seq, seg.ack, seg.window, flags, plen, now)
+        r = ack_from_guest(conn, seg.seq, seg.ack, seg.window, flags, plen, now)
         if r:
             if r & d.A_UNSENT:
                 counters.drop("tcp_ack_unsent")
@@ -481,7 +492,7 @@ class TcpHandler:
         if conn.to_drop:
             if not self._drop_acked(conn):
                 return
-        plan = d.service_plan(conn)
+        plan = service_plan(conn)
         if not plan:
             if not conn.state & ESTABLISHED:
                 return
@@ -498,18 +509,19 @@ class TcpHandler:
                 self._push(conn, now)
                 if conn.closed:
                     return
-        copies = d.ack_plan(conn)
-        if copies > 0:
-            self._send_ack(conn, copies)
-        elif copies == d.ACK_DELAY:
-            self._timers.delay_ack(conn, now)
-        r = d.service_done(conn)
+        r = turn_end(conn)
         if r:
-            if r & d.S_CLOSE:
+            copies = r & E_ACKS
+            if copies:
+                self._send_ack(conn, copies)
+            elif r & E_DELAY:
+                self._timers.delay_ack(conn, now)
+            if r & E_CLOSE:
                 self.ctx.counters.event("tcp_closed")
                 self._close(conn, rst=False)
                 return
-            self._timers.want_poll(conn, now)
+            if r & E_POLL:
+                self._timers.want_poll(conn, now)
         if conn.rto_deadline:
             self._arm(conn, conn.rto_deadline)
 

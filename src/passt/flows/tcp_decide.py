@@ -26,7 +26,7 @@ The rules (man page DESCRIPTION and NOTES):
   (`window_news`).
 - A pure ACK covering less than one MSS waits up to ACK_DELAY_S for a
   data frame to carry it; so does the ACK of the guest's FIN while our FIN
-  is still to come (`ack_plan`).
+  is still to come (`turn_end`).
 - Guest ACKs advance `acked`; the acknowledged bytes are then dropped from
   the socket (`to_drop`).  Three duplicate ACKs, or the RTO (RTO_INIT_S
   doubling to RTO_MAX_S, reset after MAX_RETRANS tries), rewind the peek
@@ -64,10 +64,10 @@ checks this table against the constants below):
     service_plan       P_REWIND           1      peek offset back to the head, count
                        P_INFO             2      read TCP_INFO, then `reflect_peer`
                        P_PUSH             4      peek and send data (`push_budget`)
-    ack_plan           ACK_DELAY          -1     hold the ACK (delayed-ACK list)
-                       (n >= 0)                  send n copies of a pure ACK
-    service_done       S_CLOSE            1      close the flow (both FINs acked)
-                       S_POLL             2      re-read TCP_INFO in ACK_POLL_S
+    turn_end           E_ACKS             7      (mask) send that many copies of a pure ACK
+                       E_DELAY            8      hold the ACK (delayed-ACK list)
+                       E_CLOSE            16     close the flow (both FINs acked)
+                       E_POLL             32     re-read TCP_INFO in ACK_POLL_S
     on_timer           TM_REARM           0      arm the timer at `timer_at`
                        TM_SYN_TIMEOUT     1      reset: handshake timed out
                        TM_RESEND_SYNACK   2      SYN-ACK again, re-arm
@@ -187,11 +187,11 @@ T_SHUTDOWN: Final = 4
 P_REWIND: Final = 1
 P_INFO: Final = 2
 P_PUSH: Final = 4
-# ack_plan
-ACK_DELAY: Final = -1
-# service_done (bits)
-S_CLOSE: Final = 1
-S_POLL: Final = 2
+# turn_end (bits; the low ones count ACK copies, at most DUP_ACK_THRESHOLD + 1)
+E_ACKS: Final = 7
+E_DELAY: Final = 8
+E_CLOSE: Final = 16
+E_POLL: Final = 32
 # on_timer
 TM_REARM: Final = 0
 TM_SYN_TIMEOUT: Final = 1
@@ -495,7 +495,7 @@ def data_taken(c: TcpFlow, want: int, sent: int, fin: int) -> int:
         c.state = next_state(c.state, EV_GUEST_FIN)
         # With every byte already acknowledged by the peer, the FIN is
         # acknowledged without asking TCP_INFO (TCP_CRR closes).  The ACK
-        # itself may wait a little (`ack_plan`): the peer's own FIN
+        # itself may wait a little (`turn_end`): the peer's own FIN
         # usually follows at once and carries it.
         if not ack_guest_fin(c):
             c.info_due = True
@@ -706,27 +706,38 @@ def sock_eof(c: TcpFlow, now: float) -> None:
         c.rto_deadline = now + c.rto
 
 
-def ack_plan(c: TcpFlow) -> int:
-    """The pure ACK of this turn: copies to send now (0: none), or ACK_DELAY.
+def turn_end(c: TcpFlow) -> int:
+    """The end of a flow's turn: its pure ACK (copies now, or delayed), close, TCP_INFO poll.
 
-    Clears `need_ack` and `nudge`.
+    Returns the number of pure ACK copies to send now (E_ACKS bits: 0 for
+    none) or E_DELAY, plus E_CLOSE when both directions are closed, or
+    E_POLL while guest data (or its FIN) waits for the peer's ACK or our
+    window is shut.  Clears `need_ack` and `nudge`.  One call: it runs
+    once per flow and turn.
     """
-    ack = c.ack_num()
+    state = c.state
+    ack = (c.g_isn + 1 + c.ack_off + (1 if state & GUEST_FIN_ACKED else 0)) & _M
     ret = 0
-    if c.need_ack or c.nudge or window_news(c):
+    if c.need_ack or c.nudge or (c.wnd_raw != c.wnd_sent and window_news(c)):
         ret = 1
         if c.nudge:
             ret = DUP_ACK_THRESHOLD + (0 if ack == c.ack_sent else 1)
+        c.need_ack = False
+        c.nudge = False
     elif ack != c.ack_sent:
         ret = 1
         small = c.ack_sent >= 0 and ((ack - c.ack_sent) & _M) < c.mss
         # A guest FIN's ACK waits too while our FIN is still to come (it
         # will carry the ACK: one frame less per close); once ours is out,
         # the flow may end this turn, so the last ACK goes now.
-        if small and not (c.state & GUEST_FIN and c.state & FIN_SENT):
-            ret = ACK_DELAY
-    c.need_ack = False
-    c.nudge = False
+        if small and not (state & GUEST_FIN and state & FIN_SENT):
+            ret = E_DELAY
+    if state & GUEST_FIN_ACKED and state & FIN_ACKED:
+        return ret | E_CLOSE
+    if c.rcvd > c.ack_off or (state & GUEST_FIN and not state & GUEST_FIN_ACKED):
+        return ret | E_POLL  # guest data waits for the peer's ACK
+    if c.wnd_raw == 0 and not state & GUEST_FIN:
+        return ret | E_POLL  # our window is shut: watch for it to open
     return ret
 
 
@@ -736,18 +747,6 @@ def ack_sent(c: TcpFlow) -> int:
     c.ack_sent = ack
     c.wnd_sent = c.wnd_raw
     return ack
-
-
-def service_done(c: TcpFlow) -> int:
-    """After the turn's frames: S_CLOSE when both directions are closed, S_POLL to watch TCP_INFO."""
-    state = c.state
-    if state & GUEST_FIN_ACKED and state & FIN_ACKED:
-        return S_CLOSE
-    if c.rcvd > c.ack_off or (state & GUEST_FIN and not state & GUEST_FIN_ACKED):
-        return S_POLL  # guest data waits for the peer's ACK
-    if c.wnd_raw == 0 and not state & GUEST_FIN:
-        return S_POLL  # our window is shut: watch for it to open
-    return 0
 
 
 def delayed_ack_due(c: TcpFlow) -> bool:

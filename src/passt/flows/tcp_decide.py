@@ -588,7 +588,8 @@ def reflect_peer(c: TcpFlow, bytes_acked: int, snd_wnd: int, room: int) -> None:
             wnd = room
     if ack_off > c.ack_off:
         c.ack_off = ack_off
-    ack_guest_fin(c)
+    if c.state & GUEST_FIN:
+        ack_guest_fin(c)
     raw = wnd >> c.ws_to_guest
     c.wnd_raw = raw if raw < 65535 else 65535
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from passt.flows import icmp as icmp_mod
-from passt.flows import sockets
+from passt.flows import sockets, tcp_decide, tcp_open, tcp_state
 from passt.flows import tcp as tcp_mod
 from passt.flows import udp as udp_mod
 from tests.unit.conftest import GUEST_MAC_STR, OUR_MAC_STR
@@ -57,7 +57,7 @@ def closed_port(af: int) -> int:
 def established(h: tcp_mod.TcpHandler, srv: Server) -> bool:
     """The server accepted and every flow of `h` is established (handshake done both ways)."""
     flows = list(h.flows.values())
-    return bool(srv.conns) and bool(flows) and all(c.state & tcp_mod.ESTABLISHED for c in flows)
+    return bool(srv.conns) and bool(flows) and all(c.state & tcp_state.ESTABLISHED for c in flows)
 
 
 def wait_segs(g: Guest, cond: Any = None, timeout: float = 3.0) -> list[Seg]:
@@ -84,7 +84,7 @@ def test_guest_syn_gets_synack_with_mss_and_wscale(af: int) -> None:
         assert seg.flags == "SA"
         assert seg.ack == g.isn + 1
         assert seg.options["MSS"] == (1460 if af == 4 else 1440)
-        assert seg.options["WScale"] == tcp_mod.OUR_WS
+        assert seg.options["WScale"] == tcp_decide.OUR_WS
         assert "SAckOK" not in seg.options and "Timestamp" not in seg.options
         assert (seg.src, seg.sport) == (g.raddr, g.rport)
         assert (seg.dst, seg.dport) == (g.gaddr, g.gport)
@@ -410,7 +410,7 @@ def test_synack_retransmitted_when_guest_silent() -> None:
 
 def test_host_side_syn_timeout_resets_client(monkeypatch: pytest.MonkeyPatch) -> None:
     """A -t connection the guest never answers is reset after the SYN timeout."""
-    monkeypatch.setattr(tcp_mod, "SYN_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(tcp_decide, "SYN_TIMEOUT_S", 0.3)
     ctx, tap, h = make_handler()
     srv = listener(4)
     srv.setblocking(False)
@@ -446,11 +446,11 @@ def test_listen_ready_syn_from_gateway_then_data(af: int) -> None:
         assert syn.dst == (G4 if af == 4 else G6)
         assert (syn.sport, syn.dport) == (cport, 8080)
         assert syn.options["MSS"] == (65480 if af == 4 else 65460)
-        assert syn.options["WScale"] == tcp_mod.OUR_WS
+        assert syn.options["WScale"] == tcp_decide.OUR_WS
         # Guest answers SYN-ACK; we complete with an ACK.
         g.peer_isn = syn.seq
         g.rcv_nxt = syn.seq + 1
-        g.peer_ws = tcp_mod.OUR_WS
+        g.peer_ws = tcp_decide.OUR_WS
         g.send("SA", seq=g.isn, ack=syn.seq + 1, window=65535, options=[("MSS", 1460), ("WScale", 7)])
         g.snd_nxt = g.snd_una = g.isn + 1
         ack = wait_segs(g)[0]
@@ -498,13 +498,13 @@ def test_listen_ready_accepts_a_bounded_batch() -> None:
     ctx, tap, h = make_handler()
     srv = listener(4)
     srv.setblocking(False)
-    clients = [socket.create_connection(srv.getsockname()) for _ in range(tcp_mod.ACCEPT_BATCH + 3)]
+    clients = [socket.create_connection(srv.getsockname()) for _ in range(tcp_open.ACCEPT_BATCH + 3)]
     try:
         time.sleep(0.05)
         h.listen_ready(srv, 8082, time.monotonic())
-        assert h.flow_count() == tcp_mod.ACCEPT_BATCH
+        assert h.flow_count() == tcp_open.ACCEPT_BATCH
         h.listen_ready(srv, 8082, time.monotonic())
-        assert h.flow_count() == tcp_mod.ACCEPT_BATCH + 3
+        assert h.flow_count() == tcp_open.ACCEPT_BATCH + 3
     finally:
         for c in clients:
             c.close()
@@ -587,7 +587,7 @@ def test_syn_destination_rule_per_address_class(dst: str, ok: bool) -> None:
 
 def test_tcp_and_udp_share_one_destination_rule() -> None:
     """TCP, UDP and ICMP call the same function, so the rule cannot drift apart."""
-    assert tcp_mod.dst_forwardable is sockets.dst_forwardable
+    assert tcp_open.dst_forwardable is sockets.dst_forwardable
     assert udp_mod.dst_forwardable is sockets.dst_forwardable
     assert icmp_mod.dst_forwardable is sockets.dst_forwardable
 

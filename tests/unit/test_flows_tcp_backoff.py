@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from passt.flows import tcp as tcp_mod
+from passt.flows import tcp_open
 from passt.loop import EVENT_READ
 from tests.unit.tcp_fakes import G4, GW4, LO4, Guest, Seg, make_handler, pump
 
@@ -41,7 +41,7 @@ class FlakyListener:
 def test_accept_out_of_descriptors_backs_off_then_resumes(
     err: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tcp_mod, "ACCEPT_BACKOFF_S", 0.15)
+    monkeypatch.setattr(tcp_open, "ACCEPT_BACKOFF_S", 0.15)
     ctx, tap, h = make_handler()
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind((LO4, 0))

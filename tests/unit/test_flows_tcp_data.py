@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from passt.flows import tcp as tcp_mod
-from passt.flows import tcp_kernel
+from passt.flows import tcp_decide, tcp_kernel, tcp_state
 from tests.unit.tcp_fakes import (
     G4,
     LO4,
@@ -224,7 +224,7 @@ def test_window_and_ack_reflect_the_peer() -> None:
         info = conn.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
         snd_wnd = struct.unpack_from("I", info, 228)[0]
         sndbuf = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        assert answer[-1].window == min(min(snd_wnd, sndbuf) >> tcp_mod.OUR_WS, 65535) > 0
+        assert answer[-1].window == min(min(snd_wnd, sndbuf) >> tcp_decide.OUR_WS, 65535) > 0
         accepted = conn.rcvd
         g.send("FA")
         g.snd_nxt += 1
@@ -253,7 +253,7 @@ def test_snd_wnd_fallback_fixed_window_ack_on_enqueue(monkeypatch: pytest.Monkey
     try:
         g = open_conn(ctx, tap, h, 4, srv.port)
         synack = g.segs[0]
-        assert synack.window == tcp_mod.SND_WND_FALLBACK
+        assert synack.window == tcp_decide.SND_WND_FALLBACK
         blob = os.urandom(100_000)
         g.send_data(blob[:50_000])
         g.send_data(blob[50_000:])
@@ -261,7 +261,7 @@ def test_snd_wnd_fallback_fixed_window_ack_on_enqueue(monkeypatch: pytest.Monkey
         assert pump(ctx, lambda: gather(g, segs) and bool(segs) and segs[-1].ack == g.snd_nxt)
         # ACKed on enqueue although the peer (not reading, 4 KiB buffer) cannot have acked it.
         assert segs[-1].ack == g.snd_nxt
-        assert segs[-1].window == tcp_mod.SND_WND_FALLBACK >> tcp_mod.OUR_WS
+        assert segs[-1].window == tcp_decide.SND_WND_FALLBACK >> tcp_decide.OUR_WS
         assert ctx.counters.events["tcp_snd_wnd_fallback"] == 1
     finally:
         release.set()
@@ -309,7 +309,7 @@ def test_retransmit_after_our_fin_resends_data_then_fin() -> None:
         fin = next(s for s in first if "F" in s.flags)
         assert fin.seq == (g.rcv_nxt + len(data)) & 0xFFFFFFFF
         conn = next(iter(h.flows.values()))
-        assert conn.state & tcp_mod.FIN_SENT
+        assert conn.state & tcp_state.FIN_SENT
         for _ in range(3):
             g.ack()  # every data segment and the FIN lost: duplicate ACKs
         again: list[Any] = []
@@ -318,7 +318,7 @@ def test_retransmit_after_our_fin_resends_data_then_fin() -> None:
         assert next(s for s in again if "F" in s.flags).seq == fin.seq
         g.absorb(again)
         assert g.got_fin and g.digest.hexdigest() == hashlib.sha256(data).hexdigest()
-        assert conn.state & tcp_mod.FIN_ACKED
+        assert conn.state & tcp_state.FIN_ACKED
         g.send_data(b"", flags="FA")
         assert pump(ctx, lambda: h.flow_count() == 0, step=lambda: g.absorb(g.take()))
     finally:

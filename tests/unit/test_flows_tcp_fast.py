@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from passt.flows import tcp as tcp_mod
-from passt.flows import tcp_kernel
+from passt.flows import tcp_decide, tcp_kernel, tcp_timers
 from tests.unit.tcp_fakes import (
     G4,
     LO4,
@@ -80,7 +80,7 @@ def run_slow_peer(ack_events: bool) -> tuple[int, int, float]:
 @pytest.mark.conformance("tcp.ack-as-peer-acks")
 def test_ack_follows_peer_ack_without_poll_timer(monkeypatch: pytest.MonkeyPatch) -> None:
     """The guest's ACK follows the peer's as it happens: a peer ACK wakes us (TX_ACK), no poll timer needed."""
-    monkeypatch.setattr(tcp_mod, "ACK_POLL_S", 30.0)  # the fallback poll can't help here
+    monkeypatch.setattr(tcp_timers, "ACK_POLL_S", 30.0)  # the fallback poll can't help here
     sent, before, took = run_slow_peer(ack_events=True)
     assert before < sent  # the peer had not acknowledged everything: we had not ACKed it either
     assert 0 <= took < 0.5
@@ -88,7 +88,7 @@ def test_ack_follows_peer_ack_without_poll_timer(monkeypatch: pytest.MonkeyPatch
 
 def test_without_ack_events_only_the_poll_timer_acks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Control for the test above: without TX_ACK events and with the poll pushed away, the ACKs stall."""
-    monkeypatch.setattr(tcp_mod, "ACK_POLL_S", 30.0)
+    monkeypatch.setattr(tcp_timers, "ACK_POLL_S", 30.0)
     sent, before, took = run_slow_peer(ack_events=False)
     assert before < sent
     assert took < 0  # nothing told us the peer acknowledged
@@ -116,7 +116,7 @@ def test_host_socket_tuning() -> None:
         pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=2)
         assert sock.getsockopt(socket.SOL_SOCKET, tcp_kernel.SO_TIMESTAMPING) == 0
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) != bulk_sndbuf
-        blob = os.urandom(tcp_mod.BULK_BYTES)
+        blob = os.urandom(tcp_decide.BULK_BYTES)
         for off in range(0, len(blob), 16384):
             g.send_data(blob[off : off + 16384])
             pump(ctx, lambda: g.absorb(g.take()) >= 0 and g.snd_una == g.snd_nxt, timeout=2)
@@ -153,7 +153,7 @@ def test_connect_answered_in_the_same_turn() -> None:
 
 def test_small_request_ack_rides_on_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     """A 1-byte request gets no pure ACK of its own: the peer's answer carries the ACK (TCP_RR)."""
-    monkeypatch.setattr(tcp_mod, "ACK_DELAY_S", 5.0)  # never fires during the test
+    monkeypatch.setattr(tcp_timers, "ACK_DELAY_S", 5.0)  # never fires during the test
 
     def script(conn: socket.socket) -> None:
         while data := conn.recv(100):
@@ -200,7 +200,7 @@ def test_small_segment_ack_delayed_at_most_ack_delay() -> None:
         segs: list[Any] = []
         assert pump(ctx, lambda: gather(g, segs) and any(s.ack == g.snd_nxt for s in segs), timeout=1)
         took = time.monotonic() - t0
-        assert tcp_mod.ACK_DELAY_S * 0.9 <= took < 0.2
+        assert tcp_timers.ACK_DELAY_S * 0.9 <= took < 0.2
         assert all(s.payload == b"" for s in segs)
     finally:
         release.set()
@@ -228,39 +228,11 @@ def test_full_segment_acked_in_the_same_turn() -> None:
         srv.close()
 
 
-class _Conn:
-    """Just the fields `_window_news` reads."""
-
-    def __init__(self, raw: int, sent: int, ws: int = 8, mss: int = 1460) -> None:
-        self.wnd_raw = raw
-        self.wnd_sent = sent
-        self.ws_to_guest = ws
-        self.mss = mss
-
-
-@pytest.mark.parametrize(
-    ("raw", "sent", "news"),
-    [
-        (100, 100, False),  # unchanged
-        (0, 100, True),  # closes: the guest must stop
-        (100, 0, True),  # reopens after zero
-        (100, -1, True),  # nothing announced yet
-        (90, 100, False),  # shrinks a little: waits for the next ACK
-        (110, 100, False),  # grows by a tenth
-        (125, 100, True),  # grows by a quarter (and more than two MSS)
-        (5, 4, False),  # a quarter, but less than two MSS (256-byte units)
-    ],
-)
-def test_window_news(raw: int, sent: int, news: bool) -> None:
-    """Window-only updates: sent when the window closes, reopens or grows by a quarter, not for jitter."""
-    assert tcp_mod._window_news(_Conn(raw, sent)) is news  # type: ignore[arg-type]
-
-
 def test_guest_fin_after_acked_data_is_acked_without_tcp_info(monkeypatch: pytest.MonkeyPatch) -> None:
     """Request, answer, guest FIN, peer closes (TCP_CRR's close): the guest's FIN is acknowledged
     by our FIN, in one frame, and no TCP_INFO call was needed after the answer."""
 
-    monkeypatch.setattr(tcp_mod, "ACK_DELAY_S", 5.0)  # the peer's FIN comes first, however slow
+    monkeypatch.setattr(tcp_timers, "ACK_DELAY_S", 5.0)  # the peer's FIN comes first, however slow
 
     def script(conn: socket.socket) -> None:
         conn.sendall(conn.recv(10).upper())

@@ -1,7 +1,7 @@
 """TCP flow state: the bits of `TcpConn.state` and the one function that changes them.
 
 A translated connection has no TCP stack of its own, so its state is not
-RFC 9293's eleven states but what tcp.py must remember about the two
+RFC 9293's eleven states but what the translation must remember about the two
 handshakes (guest's and host socket's) and the two closes (one per
 direction).  It is a set of bits; every change goes through `next_state`
 with a named event, and the table below is the whole list of changes:
@@ -34,7 +34,7 @@ As a picture (one flow; the two close columns are independent):
 
 The backward step, EV_FIN_RESEND: a retransmission rewinds to the guest's
 last ACK (`sent = acked`), which lies before our FIN.  FIN_SENT must go
-then: while it is set `_service` does not peek (the data after `acked`
+then: while it is set `tcp_decide.service_plan` does not peek (the data after `acked`
 would never be resent) and `seq_nxt` counts the FIN (our ACKs would carry a
 sequence number one past the data being resent).  The FIN goes again after
 the data (EV_FIN_SENT once more); an ACK covering the first FIN arriving
@@ -42,7 +42,8 @@ meanwhile sets FIN_SENT back with FIN_ACKED (fin_off keeps its offset).
 EV_SOCK_EOF may repeat for the same reason (the peek after the resent data
 sees the end of stream again): it changes nothing then.
 
-"Closed" is not a bit: `TcpConn.closed` is set once, by `TcpHandler._close`.
+"Closed" is not a bit: `tcp.TcpConn.closed` is set once, by `TcpHandler._close`.
+The decisions that fire these events are in tcp_decide.
 A table lookup and an assert per change, about once per state per
 connection: nothing here runs per segment.
 """
@@ -125,7 +126,7 @@ def next_state(state: int, event: int) -> int:
     """The state after `event`: the only place state bits change.
 
     An event the table does not allow in `state` is a broken invariant of
-    tcp.py (callers check the conditions first), hence an assert.  The
+    tcp_decide (it checks the conditions first), hence an assert.  The
     check is `allowed` written out (no second call per transition).
     """
     requires, forbids, sets, clears = _ROWS[event]

@@ -22,7 +22,6 @@ for new entries by removing old ones".
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import syslog
@@ -74,26 +73,6 @@ def setup(
         syslog.openlog(prog, syslog.LOG_PID, syslog.LOG_DAEMON)
     except OSError:
         _to_syslog = False
-    # Modules that log through the standard library reach the same sinks.
-    root = logging.getLogger()
-    root.handlers[:] = [_Bridge()]
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
-
-
-class _Bridge(logging.Handler):
-    """Routes standard-library log records to our sinks (one prefix, syslog, file)."""
-
-    _PRIORITY = {logging.DEBUG: syslog.LOG_DEBUG, logging.INFO: syslog.LOG_INFO,
-                 logging.WARNING: syslog.LOG_WARNING, logging.ERROR: syslog.LOG_ERR}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.getMessage()
-        if record.levelno <= logging.DEBUG:
-            debug(msg)
-        elif record.levelno <= logging.INFO:
-            info(msg)
-        else:
-            _emit(self._PRIORITY.get(record.levelno, syslog.LOG_ERR), msg)
 
 
 def set_stderr(enabled: bool) -> None:

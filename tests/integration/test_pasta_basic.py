@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -135,14 +136,29 @@ def test_missing_target_pid_is_one_clear_line(topo: Topology, pasta_bin: str) ->
     assert len(lines) == 1 and "4194000" in lines[0], res.stderr
 
 
+_RS_THEN_HELLO = r"""
+import select, socket, sys, time
+ifindex = next(i for i, name in socket.if_nameindex() if name != "lo")
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # NDP needs hop limit 255
+deadline = time.monotonic() + 10
+while time.monotonic() < deadline:
+    s.sendto(bytes([133, 0, 0, 0, 0, 0, 0, 0]), ("ff02::2", 0, 0, ifindex))  # RS, kernel checksums
+    if select.select([s], [], [], 1)[0] and s.recv(2048)[0] == 134:  # an RA
+        print("HELLO")
+        sys.exit(0)
+sys.exit("no Router Advertisement from pasta")
+"""
+
+
 @pytest.mark.parametrize("extra", [[], ["-d"]], ids=["default", "debug"])
 @pytest.mark.conformance("log.never-stdout")
 def test_command_output_is_the_commands(topo: Topology, pasta_bin: str, extra: list[str]) -> None:
     """`pasta --config-net -- sh -c 'echo HELLO' > out` leaves exactly HELLO in out; the summary is on
     stderr, and NDP's per-packet lines only with -d (with -d, every debug line is on stderr too)."""
-    res = topo.run(topo.host, [pasta_bin, *extra, "--config-net", "--", "sh", "-c",
-                               "for i in $(seq 50); do ip -6 route | grep -q default && break; sleep 0.1; done; "
-                               "echo HELLO"])
+    # The command sends a Router Solicitation and waits for pasta's RA before it prints: one NDP
+    # exchange surely happened (--config-net sets the routes itself, so nothing else waits for one).
+    res = topo.run(topo.host, [pasta_bin, *extra, "--config-net", "--", sys.executable, "-c", _RS_THEN_HELLO])
     assert res.returncode == 0, res.stderr
     assert_statement("log.never-stdout", res.stdout == "HELLO\n", f"stdout is not the command's: {res.stdout!r}")
     assert "Outbound interface" in res.stderr, res.stderr

@@ -60,7 +60,7 @@ from passt.flows.outbound import Outbound
 from passt.flows.sockets import SOCK_FAMILY, SocketFactory, dst_forwardable, link_scope, sockaddr_of
 from passt.flows.table import FLOW_MAX, FlowTable, expire_idle
 from passt.loop import EVENT_READ, Timer
-from passt.wire.checksum import csum_partial, finish, pseudo_sum6
+from passt.wire.checksum import csum_partial, finish, pseudo_sum6, replace16
 from passt.wire.icmp import (
     ICMP_ECHO_HLEN,
     ICMP_ECHO_REPLY,
@@ -299,19 +299,13 @@ class IcmpHandler:
             # flows): patch the sum for it (RFC 1624 eqn. 3) instead of summing the message again.
             csum, rid = _ID_SUM.unpack_from(buf, L2L3_HLEN6 + 2)
             if rid != gid:
-                c = (~csum & 0xFFFF) + (~rid & 0xFFFF) + gid
-                c = (c & 0xFFFF) + (c >> 16)
-                _ID_SUM.pack_into(buf, L2L3_HLEN6 + 2, ~((c & 0xFFFF) + (c >> 16)) & 0xFFFF, gid)
+                _ID_SUM.pack_into(buf, L2L3_HLEN6 + 2, replace16(csum, rid, gid), gid)
         else:
             # ICMPv6 sums the pseudo-header, whose destination (the guest) may differ from ours
             _ID_SUM.pack_into(buf, L2L3_HLEN6 + 2, 0, gid)
             _ID.pack_into(buf, L2L3_HLEN6 + 2, finish(csum_partial(self._mv[L2L3_HLEN6 : L2L3_HLEN6 + n],
                                                                     flow.psum + n)))  # fmt: skip
-        mac = self.ctx.guest.mac
-        tpl = flow.tpl
-        if tpl.dst_mac is not mac:
-            tpl = flow.template(mac)
-        start = tpl.write(buf, L2L3_HLEN6, n)
+        start = flow.template(self.ctx.guest.mac).write(buf, L2L3_HLEN6, n)
         self.ctx.send(bytes(self._mv[start : L2L3_HLEN6 + n]))
         return True
 

@@ -78,6 +78,16 @@ def finish(total: int) -> int:
     return ~_fold(total) & 0xFFFF
 
 
+def replace16(csum: int, old: int, new: int) -> int:
+    """`csum` after one 16-bit word of the summed data changed from `old` to `new` (RFC 1624 eqn. 3).
+
+    For a header field rewritten in a message whose checksum is already right: no re-summing.
+    """
+    c = (~csum & 0xFFFF) + (~old & 0xFFFF) + new
+    c = (c & 0xFFFF) + (c >> 16)
+    return ~((c & 0xFFFF) + (c >> 16)) & 0xFFFF
+
+
 def checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
     """The complete Internet checksum of `data` (as stored in IPv4/ICMP headers)."""
     return finish(csum_partial(data, initial))

@@ -23,7 +23,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
+from typing import IO, Final
 
 PREFIX: Final = "pt"
 HOST_IF: Final = "uplink0"
@@ -163,8 +163,8 @@ class Topology:
         )
 
     def popen(
-        self, ns: str, argv: Sequence[str], *, stdout: int | None = subprocess.PIPE,
-        stderr: int | None = subprocess.PIPE, stdin: int | None = subprocess.DEVNULL,
+        self, ns: str, argv: Sequence[str], *, stdout: int | IO[bytes] | None = subprocess.PIPE,
+        stderr: int | IO[bytes] | None = subprocess.PIPE, stdin: int | None = subprocess.DEVNULL,
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a process in `ns` in its own process group; killed at close()."""

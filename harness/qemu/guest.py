@@ -54,7 +54,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Self
 
 from harness.qemu.initramfs import CACHE_DIR, CMD_MARK, build_initramfs
 
@@ -350,7 +350,7 @@ class QemuGuest:
 
     # life cycle
 
-    def __enter__(self) -> QemuGuest:
+    def __enter__(self) -> Self:
         try:
             self.start()
             self.wait_ready()

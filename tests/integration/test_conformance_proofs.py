@@ -165,7 +165,8 @@ def test_pasta_udp_follows_translated_tcp_untranslated(topo: Topology, pasta_bin
 def test_passt_udp_follows_translated_tcp_untranslated(topo: Topology, passt_bin: str, tmp_path: Path) -> None:
     """passt -t 7431:22 without -u: a datagram from wan to the host's UDP 7431 reaches the guest on
     its port 7431 (not 22), and passt listens on UDP 7431, not 22."""
-    from scapy.all import UDP, Ether
+    from scapy.layers.inet import UDP
+    from scapy.layers.l2 import Ether
 
     sock = str(tmp_path / "s")
     proc = topo.popen(topo.host, [passt_bin, "-f", "-q", "-s", sock, "-t", "7431:22"])
@@ -179,7 +180,7 @@ def test_passt_udp_follows_translated_tcp_untranslated(topo: Topology, passt_bin
             for _ in range(5):  # the first datagrams may arrive before passt took the guest
                 topo.run(topo.wan, ["socat", "-u", "-", f"UDP:{HOST_ADDR4}:7431"], input="ping\n", timeout=20)
                 try:
-                    frame = guest.wait_for(lambda f: Ether(f).haslayer(UDP)
+                    frame = guest.wait_for(lambda f: bool(Ether(f).haslayer(UDP))
                                            and Ether(f)[UDP].dport in (7431, 22), 1.0)
                     break
                 except TimeoutError:
@@ -269,7 +270,8 @@ def test_iperf3_to_loopback_with_default_options(topo: Topology, pasta_bin: str,
     report = json.loads(res.stdout)
     sent = report["end"]["sum_received"]["bytes"]
     assert sent > 0, f"[example.pasta.iperf3-loopback] nothing received: {report['end']}"
-    from scapy.all import TCP, rdpcap
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap
 
     on_tap = [f for f in rdpcap(str(pcap)) if f.haslayer(TCP) and 5201 in (f[TCP].sport, f[TCP].dport)]
     assert on_tap == [], f"[example.pasta.iperf3-loopback] {len(on_tap)} iperf3 frames on the tap: not bypassed"
@@ -291,7 +293,8 @@ def test_no_tcp_drops_silently(topo: Topology, pasta_bin: str, tmp_path: Path) -
     assert "RC=0" not in res.stdout, f"[opt.no-tcp] the connection went through: {res.stdout}"
     assert "refused" not in res.stdout.lower() and "reset" not in res.stdout.lower(), \
         f"[opt.no-tcp] not silent: {res.stdout}"
-    from scapy.all import TCP, rdpcap
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap
 
     frames = rdpcap(str(pcap))
     syn = [f for f in frames if f.haslayer(TCP) and f[TCP].dport == 7461]
@@ -334,8 +337,9 @@ def test_ipv6_gateway_is_the_source_of_ra_and_dhcpv6(topo: Topology, pasta_bin: 
     assert res.returncode == 0, res.stdout + res.stderr
     route = res.stdout.split("ROUTE", 1)[1]
     assert "default via fe80::99 " in route, f"[opt.gateway] RA source is not -g's: {route}"
-    from scapy.all import UDP, IPv6, rdpcap
-    from scapy.layers.inet6 import ICMPv6ND_RA
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import ICMPv6ND_RA, IPv6
+    from scapy.utils import rdpcap
 
     frames = [f for f in rdpcap(str(pcap)) if f.haslayer(IPv6)]
     ras = [f[IPv6].src for f in frames if f.haslayer(ICMPv6ND_RA)]

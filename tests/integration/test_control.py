@@ -319,7 +319,7 @@ def _hostile(sock: str, stop: threading.Event) -> None:
     """Garbage, half requests, a connection flood and a client that never reads, at once."""
     rng = random.Random(1)
     garbage = [bytes(rng.randrange(256) for _ in range(2048)) + b"\n{\"cmd\": \"flo" for _ in range(16)]
-    idle = []
+    idle: list[socket.socket] = []
     reader_never = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     reader_never.connect(sock)
     reader_never.setblocking(False)

@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,6 +85,11 @@ def test_socket_probe_takes_first_free(topo: Topology, passt_bin: str) -> None:
         _remove_default_sockets(path1, path2)
 
 
+def _dhcp_options(dhcp: Any) -> dict[str, Any]:
+    """scapy's DHCP options as a dict (its list also holds bare markers such as "end")."""
+    return dict(o[:2] for o in dhcp.options if isinstance(o, tuple))
+
+
 def _remove_default_sockets(*paths: str) -> None:
     """Remove the /tmp/passt_N.socket files a test's passt left: as root it runs as nobody
     and cannot unlink its root-owned file in sticky /tmp (C passt never unlinks it)."""
@@ -99,7 +105,9 @@ def _remove_default_sockets(*paths: str) -> None:
 def test_stream_guest_gets_lease_and_pcap_shows_frames(topo: Topology, passt_bin: str, sock: str,
                                                        tmp_path: Path) -> None:
     """A QEMU guest on -netdev stream leases the host's address with resolv.conf DNS; -p captures its frames."""
-    from scapy.all import DHCP, Ether, rdpcap
+    from scapy.layers.dhcp import DHCP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import rdpcap
 
     pcap = tmp_path / "cap.pcap"
     Passt(topo, passt_bin, sock, "-p", str(pcap))
@@ -111,8 +119,7 @@ def test_stream_guest_gets_lease_and_pcap_shows_frames(topo: Topology, passt_bin
     frames = rdpcap(str(pcap))
     dhcp = [f for f in frames if f.haslayer(DHCP) and f[Ether].src == GUEST_MAC]
     assert dhcp, f"[opt.pcap] no guest DHCP frame captured: {[f.summary() for f in frames[:10]]}"
-    kinds = [dict(o for o in f[DHCP].options if isinstance(o, tuple))["message-type"]
-             for f in frames if f.haslayer(DHCP)]
+    kinds = [_dhcp_options(f[DHCP])["message-type"] for f in frames if f.haslayer(DHCP)]
     assert kinds[:4] == [1, 2, 3, 5], f"[dhcp.handshake] DISCOVER, OFFER, REQUEST, ACK: {kinds}"
 
 

@@ -65,8 +65,8 @@ def test_join_existing_namespace_by_pid(topo: Topology, pasta_bin: str) -> None:
     deadline = time.monotonic() + 10
     pid = None
     while time.monotonic() < deadline:
-        out = subprocess.run(["pgrep", "-P", str(holder.pid)], capture_output=True, text=True).stdout.split()
-        cand = [int(p) for p in out] or [holder.pid]
+        kids = subprocess.run(["pgrep", "-P", str(holder.pid)], capture_output=True, text=True).stdout.split()
+        cand = [int(p) for p in kids] or [holder.pid]
         for p in cand:
             try:
                 comm = open(f"/proc/{p}/comm").read().strip()

@@ -95,7 +95,7 @@ PING = "if ping -c 1 -W 2 {addr} >/dev/null 2>&1; then echo WHOPing=yes; else ec
 
 
 def _who_said(out: str) -> dict[str, str]:
-    return dict(m.groups() for m in re.finditer(r"^WHO(\w*)=(.*)$", out, re.M))
+    return dict((m[1], m[2]) for m in re.finditer(r"^WHO(\w*)=(.*)$", out, re.M))
 
 
 @pytest.mark.conformance("callers.dns-forward", "callers.dns-host")

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from ipaddress import IPv6Address
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,8 +251,10 @@ def test_summary_printed_at_start(topo: Topology, pasta_bin: str) -> None:
     assert "DHCP:" in only4 and "NDP/DHCPv6:" not in only4, only4
 
 
-def _ra_and_dhcpv6_reply(pcap: Path) -> tuple[object, object]:
-    from scapy.all import DHCP6_Reply, ICMPv6ND_RA, rdpcap
+def _ra_and_dhcpv6_reply(pcap: Path) -> tuple[Any, Any]:
+    from scapy.layers.dhcp6 import DHCP6_Reply
+    from scapy.layers.inet6 import ICMPv6ND_RA
+    from scapy.utils import rdpcap
 
     ra = reply = None
     for pkt in rdpcap(str(pcap)):
@@ -268,13 +271,8 @@ def _ra_and_dhcpv6_reply(pcap: Path) -> tuple[object, object]:
 def test_ra_and_dhcpv6_carry_resolvers_search_list_and_mtu(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """The RA the kernel solicits carries RDNSS, DNSSL and (with -m) MTU, which the kernel applies;
     dhclient -6's Reply carries the DNS (23) and domain list (24) options, which dhclient records."""
-    from scapy.all import (
-        DHCP6OptDNSDomains,
-        DHCP6OptDNSServers,
-        ICMPv6NDOptDNSSL,
-        ICMPv6NDOptMTU,
-        ICMPv6NDOptRDNSS,
-    )
+    from scapy.layers.dhcp6 import DHCP6OptDNSDomains, DHCP6OptDNSServers
+    from scapy.layers.inet6 import ICMPv6NDOptDNSSL, ICMPv6NDOptMTU, ICMPv6NDOptRDNSS
 
     pcap = tmp_path / "cap.pcap"
     script = DHCLIENT6.format(ifname=HOST_IF, tmp=tmp_path) + (
@@ -368,7 +366,8 @@ def test_link_local_destination_reaches_guest_link_local(topo: Topology, pasta_b
 
 def _announced_windows(pcap: Path, port: int) -> list[int]:
     """Windows (scaled) that pasta announced to the namespace on the connection to `port`, after its SYN-ACK."""
-    from scapy.all import TCP, rdpcap
+    from scapy.layers.inet import TCP
+    from scapy.utils import rdpcap
 
     shift, windows = 0, []
     for pkt in rdpcap(str(pcap)):

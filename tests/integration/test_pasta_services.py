@@ -25,7 +25,7 @@ from tests.integration.conftest import unprivileged
     "opt.address.default", "opt.netmask.default-host", "opt.gateway.default",
     "opt.mac-addr.default",
 )
-def test_udhcpc_gets_host_address_and_options(topo: Topology, pasta_bin: str, tmp_path) -> None:
+def test_udhcpc_gets_host_address_and_options(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """udhcpc in the namespace leases the host's address, mask, router (our MAC: the host's), and the -D/-S/-m values."""
     hook = udhcpc_hook(tmp_path)
     script = (
@@ -51,7 +51,7 @@ def test_udhcpc_gets_host_address_and_options(topo: Topology, pasta_bin: str, tm
 
 
 @pytest.mark.conformance("dns.pasta-none", "opt.mtu.default-none", "search.pasta-none")
-def test_udhcpc_pasta_sends_no_dns_by_default(topo: Topology, pasta_bin: str, tmp_path) -> None:
+def test_udhcpc_pasta_sends_no_dns_by_default(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """In pasta mode no DNS servers or search list are sent unless -D/-S give them."""
     hook = udhcpc_hook(tmp_path)
     res = in_pasta(topo, pasta_bin, [], f"udhcpc -f -q -n -t 5 -T 1 -i {HOST_IF} -s {hook} -O search 2>&1")
@@ -62,7 +62,7 @@ def test_udhcpc_pasta_sends_no_dns_by_default(topo: Topology, pasta_bin: str, tm
 
 
 @pytest.mark.conformance("example.pasta.dhclient6", "dhcpv6.option5.addr", "dhcpv6.handshake")
-def test_dhclient6_gets_host_ipv6_address(topo: Topology, pasta_bin: str, tmp_path) -> None:
+def test_dhclient6_gets_host_ipv6_address(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """dhclient -6 in the namespace obtains the host's IPv6 address from the DHCPv6 server."""
     lease = tmp_path / "dhclient6.leases"
     script = (
@@ -98,7 +98,7 @@ def test_kernel_slaac_takes_prefix_and_default_route(topo: Topology, pasta_bin: 
 
 @pytest.mark.conformance("example.pasta.ip-address", "example.pasta.udhcpc", "example.pasta.dhclient6",
                          "example.pasta.ip-route")
-def test_man_page_example_sequence(topo: Topology, pasta_bin: str, tmp_path) -> None:
+def test_man_page_example_sequence(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """The EXAMPLES session: udhcpc, dhclient -6, then `ip address show` and the routes look like the man page."""
     hook = udhcpc_hook(tmp_path)
     script = (
@@ -130,7 +130,7 @@ def test_man_page_example_sequence(topo: Topology, pasta_bin: str, tmp_path) -> 
     "opt.address", "opt.netmask.default-class", "opt.gateway", "opt.mac-addr", "opt.dns.repeat",
     "pasta.unprivileged",
 )
-def test_udhcpc_sees_overrides_from_unprivileged_pasta(topo: Topology, pasta_bin: str, tmp_path) -> None:
+def test_udhcpc_sees_overrides_from_unprivileged_pasta(topo: Topology, pasta_bin: str, tmp_path: Path) -> None:
     """pasta as nobody, no capability: udhcpc leases -a with its class mask, -g, both -D; -M answers ARP; wan pings."""
     shared = Path(tempfile.mkdtemp(prefix="pt-hook-"))  # nobody can't see tmp_path (mode 0700)
     shared.chmod(0o755)

@@ -48,7 +48,7 @@ def test_foreground_non_interactive_logs_to_stderr_and_file(topo: Topology, pass
     c.close()
     assert proc.poll() is None  # still in the foreground, serving
     proc.terminate()
-    _, err = proc.communicate(10)
+    _, err = proc.communicate(timeout=10)
     assert b"guest connected" in err
 
 

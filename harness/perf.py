@@ -83,6 +83,7 @@ PATHS: Final[dict[str, PathInfo]] = {
     "udp4_up": PathInfo("UDP4 ns -> wan, -b 0 -l 1400, received", "Gbit/s", False),
     "tcp_rr": PathInfo("TCP_RR 1 byte ns -> wan (tap)", "trans/s", False),
     "tcp_crr": PathInfo("TCP_CRR 1 byte ns -> wan (tap)", "trans/s", False),
+    "udp_rr": PathInfo("UDP_RR 1 byte ns -> wan (tap)", "trans/s", False),
     "vm_up": PathInfo("VM guest -> wan TCP (passt, iperf3)", "Gbit/s", True),
     "vm_down": PathInfo("VM wan -> guest TCP (passt, iperf3 -R)", "Gbit/s", True),
     "relay_up": PathInfo("passt socket: relay ns -> wan TCP (iperf3)", "Gbit/s", True),
@@ -289,6 +290,48 @@ def tcp_crr(host: str, port: int, seconds: float) -> RrResult:
     return _summarize("tcp_crr", lat, clock() - start, errors, first_error)
 
 
+def udp_rr(host: str, port: int, seconds: float) -> RrResult:
+    """UDP_RR: one connected UDP socket, send 1 byte, wait for 1 byte back, repeat for ``seconds``.
+
+    A datagram lost either way is a timeout: counted as an error, and the next one is sent.
+    """
+    lat: list[float] = []
+    errors = 0
+    first_error = ""
+    clock = time.perf_counter
+    start = clock()
+    deadline = start + seconds
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(RR_IO_TIMEOUT_S / 5)
+        s.connect((host, port))
+        send, recv = s.send, s.recv
+        while clock() < deadline and errors < RR_MAX_ERRORS:
+            t0 = clock()
+            try:
+                send(RR_PAYLOAD)
+                recv(64)
+            except OSError as e:
+                errors += 1
+                first_error = first_error or f"{type(e).__name__}: {e}"
+                continue
+            lat.append(clock() - t0)
+    return _summarize("udp_rr", lat, clock() - start, errors, first_error)
+
+
+def _listen_udp(port: int) -> socket.socket:
+    """A UDP echo socket on every address, dual-stack where the namespace has IPv6."""
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        addr: tuple[str, int] = ("::", port)
+    except OSError:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        addr = ("0.0.0.0", port)
+    s.bind(addr)
+    s.setblocking(False)
+    return s
+
+
 def _listen(port: int) -> socket.socket:
     """A listening TCP socket on every address, IPv6 dual-stack where the namespace has IPv6."""
     try:
@@ -314,6 +357,8 @@ def rr_serve(port: int, lifetime: float) -> None:
     sel = selectors.DefaultSelector()
     lsock = _listen(port)
     sel.register(lsock, selectors.EVENT_READ, None)
+    usock = _listen_udp(port)
+    sel.register(usock, selectors.EVENT_READ, False)
     end = time.monotonic() + lifetime
     while True:
         left = end - time.monotonic()
@@ -330,6 +375,13 @@ def rr_serve(port: int, lifetime: float) -> None:
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sel.register(conn, selectors.EVENT_READ, True)
+                continue
+            if key.data is False:  # the UDP echo: every datagram back to its sender
+                try:
+                    data, peer = sock.recvfrom(4096)
+                    sock.sendto(data, peer)
+                except OSError:
+                    pass
                 continue
             try:
                 data = sock.recv(4096)
@@ -349,6 +401,11 @@ def rr_serve(port: int, lifetime: float) -> None:
             sock.close()
     sel.close()
     lsock.close()
+    usock.close()
+
+
+RR_CLIENTS: Final = {"tcp_rr": tcp_rr, "tcp_crr": tcp_crr, "udp_rr": udp_rr}
+"""The rr-client modes (each a path of the same name)."""
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -628,8 +685,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv = sub.add_parser("rr-server", help="1-byte echo server for the rr clients")
     srv.add_argument("--port", type=int, required=True)
     srv.add_argument("--lifetime", type=float, default=3600.0)
-    cli = sub.add_parser("rr-client", help="TCP_RR / TCP_CRR client; prints one JSON line")
-    cli.add_argument("mode", choices=("tcp_rr", "tcp_crr"))
+    cli = sub.add_parser("rr-client", help="TCP_RR / TCP_CRR / UDP_RR client; prints one JSON line")
+    cli.add_argument("mode", choices=tuple(RR_CLIENTS))
     cli.add_argument("host")
     cli.add_argument("port", type=int)
     cli.add_argument("seconds", type=float)
@@ -639,8 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "rr-server":
         rr_serve(args.port, args.lifetime)
     elif args.cmd == "rr-client":
-        fn = tcp_rr if args.mode == "tcp_rr" else tcp_crr
-        print(fn(args.host, args.port, args.seconds).to_json(), flush=True)
+        print(RR_CLIENTS[args.mode](args.host, args.port, args.seconds).to_json(), flush=True)
     else:
         rs = ResultSet.from_dict(json.loads((args.dir / "results.json").read_text()))
         rs.save(args.dir)

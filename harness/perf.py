@@ -37,13 +37,15 @@ import json
 import math
 import os
 import platform
+import resource
 import selectors
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -404,6 +406,88 @@ def rr_serve(port: int, lifetime: float) -> None:
     usock.close()
 
 
+# --- many open flows (the memory measure) -----------------------------------------------------
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def hold_serve(port: int, lifetime: float) -> None:
+    """Accept TCP connections on `port` and hold them open without reading; echo every UDP
+    datagram on the same port. Exits after ``lifetime`` (its sockets close with it)."""
+    _raise_nofile()
+    lsock = _listen(port)
+    lsock.setblocking(True)
+    usock = _listen_udp(port)
+    usock.setblocking(True)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(lsock.accept()[0])
+            except OSError:
+                return
+
+    def echo() -> None:
+        while True:
+            try:
+                data, peer = usock.recvfrom(4096)
+                usock.sendto(data, peer)
+            except OSError:
+                return
+
+    for fn in (accept, echo):
+        threading.Thread(target=fn, daemon=True).start()
+    time.sleep(lifetime)
+
+
+def hold_open(proto: str, host: str, port: int, lines: Iterable[str]) -> None:
+    """Open and hold flows to `host`:`port`: each input line ``N`` opens flows until N are held
+    (TCP: connected sockets; UDP: one socket per flow whose datagram was echoed), then prints
+    ``held N errors E``. At the end of the input every socket is closed."""
+    _raise_nofile()
+    held: list[socket.socket] = []
+    errors = 0
+    for line in lines:
+        want = int(line)
+        while len(held) < want and errors < RR_MAX_ERRORS:
+            try:
+                if proto == "tcp":
+                    s = socket.create_connection((host, port), timeout=RR_IO_TIMEOUT_S)
+                else:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s.settimeout(1.0)
+                    s.connect((host, port))
+                    s.send(RR_PAYLOAD)
+                    s.recv(64)
+            except OSError:
+                errors += 1
+                continue
+            held.append(s)
+        print(f"held {len(held)} errors {errors}", flush=True)
+    for s in held:
+        s.close()
+
+
+def tool_memory(pid: int) -> dict[str, int]:
+    """A process's memory in KiB: rss (VmRSS), pss and uss (Private_Clean + Private_Dirty) from
+    /proc/PID/smaps_rollup; OSError if it is gone."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    fields: dict[str, int] = {}
+    for line in (*status.splitlines(), *rollup.splitlines()):
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            fields[name] = int(parts[0])
+    return {"rss": fields["VmRSS"], "pss": fields["Pss"],
+            "uss": fields["Private_Clean"] + fields["Private_Dirty"]}
+
+
 RR_CLIENTS: Final = {"tcp_rr": tcp_rr, "tcp_crr": tcp_crr, "udp_rr": udp_rr}
 """The rr-client modes (each a path of the same name)."""
 
@@ -690,11 +774,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.add_argument("host")
     cli.add_argument("port", type=int)
     cli.add_argument("seconds", type=float)
+    hsrv = sub.add_parser("hold-server", help="accept and hold TCP connections, echo UDP")
+    hsrv.add_argument("--port", type=int, required=True)
+    hsrv.add_argument("--lifetime", type=float, default=3600.0)
+    hcli = sub.add_parser("hold-client", help="open and hold flows; stdin lines give the counts")
+    hcli.add_argument("proto", choices=("tcp", "udp"))
+    hcli.add_argument("host")
+    hcli.add_argument("port", type=int)
     rep = sub.add_parser("report", help="re-render results.md and charts from results.json")
     rep.add_argument("dir", type=Path)
     args = p.parse_args(argv)
     if args.cmd == "rr-server":
         rr_serve(args.port, args.lifetime)
+    elif args.cmd == "hold-server":
+        hold_serve(args.port, args.lifetime)
+    elif args.cmd == "hold-client":
+        hold_open(args.proto, args.host, args.port, sys.stdin)
     elif args.cmd == "rr-client":
         print(RR_CLIENTS[args.mode](args.host, args.port, args.seconds).to_json(), flush=True)
     else:

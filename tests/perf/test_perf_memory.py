@@ -3,7 +3,8 @@
 Each implementation serves a fresh topology (conftest.Served); a hold-server in WAN accepts and
 holds TCP connections and echoes UDP, and a hold-client in the container namespace opens FEW
 flows, then FLOWS, through the tool. After every step, once the tool's RSS has settled, VmRSS,
-PSS and USS (/proc/PID/smaps_rollup) are read. Per-flow bytes are the growth from FEW to FLOWS
+PSS and USS (/proc/PID/smaps_rollup) are read: idle, after 256 MB up and 256 MB down (iperf3,
+buffers allocated on first use stay), then with the flows. Per-flow bytes are the growth from FEW to FLOWS
 flows, so buffers a tool allocates on its first flow are not charged to every flow.
 
 Collapse-only gate on ours: idle RSS under IDLE_MAX_KIB, every flow opened, per-flow RSS under
@@ -28,7 +29,7 @@ import pytest
 from harness.netns import WAN_ADDR4
 from harness.netns.topology import cleanup_stale
 from harness.perf import tool_memory
-from tests.perf.conftest import OUT, Served, StartError, impls, python_env
+from tests.perf.conftest import OUT, WAN_IPERF, Served, StartError, impls, python_env
 
 FLOWS: Final = int(os.environ.get("PASST_PERF_FLOWS", "10000"))
 FEW: Final = 100
@@ -77,6 +78,12 @@ def measure(key: str) -> dict[str, object]:
         assert s.pid is not None
         row["idle"] = settled(s.pid)
         t = s.topo
+        # buffers a tool allocates on its first bulk flow stay: "after" is idle again after one
+        t.run(s.ns, ["iperf3", "-c", WAN_ADDR4, "-p", str(WAN_IPERF), "-n", "256M", "--connect-timeout",
+                     "3000"], timeout=60, check=True)
+        t.run(s.ns, ["iperf3", "-c", WAN_ADDR4, "-p", str(WAN_IPERF), "-n", "256M", "-R",
+                     "--connect-timeout", "3000"], timeout=60, check=True)
+        row["after_bulk"] = settled(s.pid)
         t.popen(t.wan, [sys.executable, "-m", "harness.perf", "hold-server", "--port", str(HOLD_PORT),
                         "--lifetime", "900"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env=python_env())
@@ -113,6 +120,9 @@ def report(row: dict[str, object]) -> str:
     assert isinstance(idle, dict)
     bits = [f"[perf] memory {row['impl']:6} idle rss {idle['rss'] / 1024:.1f} pss {idle['pss'] / 1024:.1f} "
             f"uss {idle['uss'] / 1024:.1f} MiB"]
+    after = row.get("after_bulk")
+    if isinstance(after, dict):
+        bits.append(f"after 2 x 256 MB bulk rss {after['rss'] / 1024:.1f} uss {after['uss'] / 1024:.1f} MiB")
     for proto in ("tcp", "udp"):
         got = row.get(proto)
         if isinstance(got, dict):

@@ -685,7 +685,27 @@ class ResultSet:
             cells = [self.cell(c, path, mtu) for c in cols]
             title = f"{path}: {info.title}" if info else path
             lines.append("| " + " | ".join([title, str(mtu or "-"), unit, *cells]) + " |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.cpu_markdown()
+
+    def cpu_markdown(self) -> str:
+        """The tool's own CPU time per unit of work (utime+stime from /proc/PID/stat), a column
+        per implementation: per transaction on request/response paths, per GB moved on bulk ones.
+        The measure that holds when cores are shared. Empty without any such number."""
+        cols = [c for c in self.columns() if c != "direct"]
+        lines = []
+        for path, mtu in self.rows():
+            cells = []
+            for c in cols:
+                m = self.get(c, path, mtu)
+                tx = m.extra_median("cpu_us_per_tx") if m is not None else None
+                gb = m.extra_median("cpu_s_per_gb") if m is not None else None
+                cells.append(f"{tx:.0f} us/trans" if tx is not None else f"{gb:.2f} s/GB" if gb is not None else "")
+            if any(cells):
+                lines.append("| " + " | ".join([path, str(mtu or "-"), *cells]) + " |")
+        if not lines:
+            return ""
+        head = ["CPU of the tool", "MTU", *[IMPL_TITLES.get(c, c) for c in cols]]
+        return "\n" + "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines]) + "\n"
 
 
 def write_charts(rs: ResultSet, out: Path) -> list[Path]:

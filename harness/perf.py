@@ -473,19 +473,51 @@ def hold_open(proto: str, host: str, port: int, lines: Iterable[str]) -> None:
         s.close()
 
 
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (children of each of its threads, recursively)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                pass
+    return out
+
+
 def tool_memory(pid: int) -> dict[str, int]:
-    """A process's memory in KiB: rss (VmRSS), pss and uss (Private_Clean + Private_Dirty) from
-    /proc/PID/smaps_rollup; OSError if it is gone."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    """A tool's memory in KiB: rss (VmRSS of `pid` itself), and over `pid` with all its
+    descendants (our pasta's namespace helper is a child process): pss and uss (Private_Clean +
+    Private_Dirty) from /proc/PID/smaps_rollup, and procs, how many. OSError if `pid` is gone."""
     fields: dict[str, int] = {}
-    for line in (*status.splitlines(), *rollup.splitlines()):
+    pss = uss = procs = 0
+    for p in _descendants(pid):
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            if p == pid:
+                raise
+            continue
+        one = _kib_fields(rollup)
+        pss += one["Pss"]
+        uss += one["Private_Clean"] + one["Private_Dirty"]
+        procs += 1
+        if p == pid:
+            fields = _kib_fields(Path(f"/proc/{pid}/status").read_text())
+    return {"rss": fields["VmRSS"], "pss": pss, "uss": uss, "procs": procs}
+
+
+def _kib_fields(text: str) -> dict[str, int]:
+    """The ``Name:  N kB`` lines of a /proc file."""
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
         name, _, rest = line.partition(":")
         parts = rest.split()
         if len(parts) == 2 and parts[1] == "kB":
             fields[name] = int(parts[0])
-    return {"rss": fields["VmRSS"], "pss": fields["Pss"],
-            "uss": fields["Private_Clean"] + fields["Private_Dirty"]}
+    return fields
 
 
 RR_CLIENTS: Final = {"tcp_rr": tcp_rr, "tcp_crr": tcp_crr, "udp_rr": udp_rr}

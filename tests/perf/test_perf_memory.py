@@ -3,7 +3,8 @@
 Each implementation serves a fresh topology (conftest.Served); a hold-server in WAN accepts and
 holds TCP connections and echoes UDP, and a hold-client in the container namespace opens FEW
 flows, then FLOWS, through the tool. After every step, once the tool's RSS has settled, VmRSS,
-PSS and USS (/proc/PID/smaps_rollup) are read: idle, after 256 MB up and 256 MB down (iperf3,
+PSS and USS (/proc/PID/smaps_rollup, summed over the tool and its children: our pasta has a
+namespace helper process) are read: idle, after 256 MB up and 256 MB down (iperf3,
 buffers allocated on first use stay), then with the flows. Per-flow bytes are the growth from FEW to FLOWS
 flows, so buffers a tool allocates on its first flow are not charged to every flow.
 
@@ -105,7 +106,7 @@ def measure(key: str) -> dict[str, object]:
                     cli.wait(timeout=30)
             flows = max(1, held - held_few)
             row[proto] = {"few": few, "many": many, "held": held, "errors": errors,
-                          "per_flow_b": {k: (many[k] - few[k]) * 1024 // flows for k in many}}
+                          "per_flow_b": {k: (many[k] - few[k]) * 1024 // flows for k in ("rss", "pss", "uss")}}
             if not s.alive():
                 row["note"] = f"exited with {s.proc.returncode if s.proc else '?'} during {proto}"
                 break
@@ -119,7 +120,7 @@ def report(row: dict[str, object]) -> str:
     idle = row["idle"]
     assert isinstance(idle, dict)
     bits = [f"[perf] memory {row['impl']:6} idle rss {idle['rss'] / 1024:.1f} pss {idle['pss'] / 1024:.1f} "
-            f"uss {idle['uss'] / 1024:.1f} MiB"]
+            f"uss {idle['uss'] / 1024:.1f} MiB ({idle['procs']} processes)"]
     after = row.get("after_bulk")
     if isinstance(after, dict):
         bits.append(f"after 2 x 256 MB bulk rss {after['rss'] / 1024:.1f} uss {after['uss'] / 1024:.1f} MiB")
@@ -185,7 +186,7 @@ def test_memory_ours_rss_and_per_flow(memory_rows: dict[str, dict[str, object]])
 def test_memory_helpers_over_loopback(tmp_path: Path) -> None:
     """tool_memory reads this process; hold-server/hold-client hold TCP and UDP flows on loopback."""
     me = tool_memory(os.getpid())
-    assert 0 < me["uss"] <= me["rss"] and 0 < me["pss"] <= me["rss"]
+    assert 0 < me["uss"] <= me["rss"] and 0 < me["pss"] <= me["rss"] and me["procs"] == 1
     port = HOLD_PORT + 1
     env = python_env()
     srv = subprocess.Popen([sys.executable, "-m", "harness.perf", "hold-server", "--port", str(port),

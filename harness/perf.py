@@ -37,13 +37,15 @@ import json
 import math
 import os
 import platform
+import resource
 import selectors
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -83,6 +85,7 @@ PATHS: Final[dict[str, PathInfo]] = {
     "udp4_up": PathInfo("UDP4 ns -> wan, -b 0 -l 1400, received", "Gbit/s", False),
     "tcp_rr": PathInfo("TCP_RR 1 byte ns -> wan (tap)", "trans/s", False),
     "tcp_crr": PathInfo("TCP_CRR 1 byte ns -> wan (tap)", "trans/s", False),
+    "udp_rr": PathInfo("UDP_RR 1 byte ns -> wan (tap)", "trans/s", False),
     "vm_up": PathInfo("VM guest -> wan TCP (passt, iperf3)", "Gbit/s", True),
     "vm_down": PathInfo("VM wan -> guest TCP (passt, iperf3 -R)", "Gbit/s", True),
     "relay_up": PathInfo("passt socket: relay ns -> wan TCP (iperf3)", "Gbit/s", True),
@@ -289,6 +292,48 @@ def tcp_crr(host: str, port: int, seconds: float) -> RrResult:
     return _summarize("tcp_crr", lat, clock() - start, errors, first_error)
 
 
+def udp_rr(host: str, port: int, seconds: float) -> RrResult:
+    """UDP_RR: one connected UDP socket, send 1 byte, wait for 1 byte back, repeat for ``seconds``.
+
+    A datagram lost either way is a timeout: counted as an error, and the next one is sent.
+    """
+    lat: list[float] = []
+    errors = 0
+    first_error = ""
+    clock = time.perf_counter
+    start = clock()
+    deadline = start + seconds
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(RR_IO_TIMEOUT_S / 5)
+        s.connect((host, port))
+        send, recv = s.send, s.recv
+        while clock() < deadline and errors < RR_MAX_ERRORS:
+            t0 = clock()
+            try:
+                send(RR_PAYLOAD)
+                recv(64)
+            except OSError as e:
+                errors += 1
+                first_error = first_error or f"{type(e).__name__}: {e}"
+                continue
+            lat.append(clock() - t0)
+    return _summarize("udp_rr", lat, clock() - start, errors, first_error)
+
+
+def _listen_udp(port: int) -> socket.socket:
+    """A UDP echo socket on every address, dual-stack where the namespace has IPv6."""
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        addr: tuple[str, int] = ("::", port)
+    except OSError:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        addr = ("0.0.0.0", port)
+    s.bind(addr)
+    s.setblocking(False)
+    return s
+
+
 def _listen(port: int) -> socket.socket:
     """A listening TCP socket on every address, IPv6 dual-stack where the namespace has IPv6."""
     try:
@@ -314,6 +359,8 @@ def rr_serve(port: int, lifetime: float) -> None:
     sel = selectors.DefaultSelector()
     lsock = _listen(port)
     sel.register(lsock, selectors.EVENT_READ, None)
+    usock = _listen_udp(port)
+    sel.register(usock, selectors.EVENT_READ, False)
     end = time.monotonic() + lifetime
     while True:
         left = end - time.monotonic()
@@ -330,6 +377,13 @@ def rr_serve(port: int, lifetime: float) -> None:
                 conn.setblocking(False)
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sel.register(conn, selectors.EVENT_READ, True)
+                continue
+            if key.data is False:  # the UDP echo: every datagram back to its sender
+                try:
+                    data, peer = sock.recvfrom(4096)
+                    sock.sendto(data, peer)
+                except OSError:
+                    pass
                 continue
             try:
                 data = sock.recv(4096)
@@ -349,6 +403,125 @@ def rr_serve(port: int, lifetime: float) -> None:
             sock.close()
     sel.close()
     lsock.close()
+    usock.close()
+
+
+# --- many open flows (the memory measure) -----------------------------------------------------
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def hold_serve(port: int, lifetime: float) -> None:
+    """Accept TCP connections on `port` and hold them open without reading; echo every UDP
+    datagram on the same port. Exits after ``lifetime`` (its sockets close with it)."""
+    _raise_nofile()
+    lsock = _listen(port)
+    lsock.setblocking(True)
+    usock = _listen_udp(port)
+    usock.setblocking(True)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(lsock.accept()[0])
+            except OSError:
+                return
+
+    def echo() -> None:
+        while True:
+            try:
+                data, peer = usock.recvfrom(4096)
+                usock.sendto(data, peer)
+            except OSError:
+                return
+
+    for fn in (accept, echo):
+        threading.Thread(target=fn, daemon=True).start()
+    time.sleep(lifetime)
+
+
+def hold_open(proto: str, host: str, port: int, lines: Iterable[str]) -> None:
+    """Open and hold flows to `host`:`port`: each input line ``N`` opens flows until N are held
+    (TCP: connected sockets; UDP: one socket per flow whose datagram was echoed), then prints
+    ``held N errors E``. At the end of the input every socket is closed."""
+    _raise_nofile()
+    held: list[socket.socket] = []
+    errors = 0
+    for line in lines:
+        want = int(line)
+        while len(held) < want and errors < RR_MAX_ERRORS:
+            try:
+                if proto == "tcp":
+                    s = socket.create_connection((host, port), timeout=RR_IO_TIMEOUT_S)
+                else:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s.settimeout(1.0)
+                    s.connect((host, port))
+                    s.send(RR_PAYLOAD)
+                    s.recv(64)
+            except OSError:
+                errors += 1
+                continue
+            held.append(s)
+        print(f"held {len(held)} errors {errors}", flush=True)
+    for s in held:
+        s.close()
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (children of each of its threads, recursively)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                pass
+    return out
+
+
+def tool_memory(pid: int) -> dict[str, int]:
+    """A tool's memory in KiB: rss (VmRSS of `pid` itself), and over `pid` with all its
+    descendants (our pasta's namespace helper is a child process): pss and uss (Private_Clean +
+    Private_Dirty) from /proc/PID/smaps_rollup, and procs, how many. OSError if `pid` is gone."""
+    fields: dict[str, int] = {}
+    pss = uss = procs = 0
+    for p in _descendants(pid):
+        try:
+            rollup = Path(f"/proc/{p}/smaps_rollup").read_text()
+        except OSError:
+            if p == pid:
+                raise
+            continue
+        one = _kib_fields(rollup)
+        pss += one["Pss"]
+        uss += one["Private_Clean"] + one["Private_Dirty"]
+        procs += 1
+        if p == pid:
+            fields = _kib_fields(Path(f"/proc/{pid}/status").read_text())
+    return {"rss": fields["VmRSS"], "pss": pss, "uss": uss, "procs": procs}
+
+
+def _kib_fields(text: str) -> dict[str, int]:
+    """The ``Name:  N kB`` lines of a /proc file."""
+    fields: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            fields[name] = int(parts[0])
+    return fields
+
+
+RR_CLIENTS: Final = {"tcp_rr": tcp_rr, "tcp_crr": tcp_crr, "udp_rr": udp_rr}
+"""The rr-client modes (each a path of the same name)."""
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -544,7 +717,27 @@ class ResultSet:
             cells = [self.cell(c, path, mtu) for c in cols]
             title = f"{path}: {info.title}" if info else path
             lines.append("| " + " | ".join([title, str(mtu or "-"), unit, *cells]) + " |")
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.cpu_markdown()
+
+    def cpu_markdown(self) -> str:
+        """The tool's own CPU time per unit of work (utime+stime from /proc/PID/stat), a column
+        per implementation: per transaction on request/response paths, per GB moved on bulk ones.
+        The measure that holds when cores are shared. Empty without any such number."""
+        cols = [c for c in self.columns() if c != "direct"]
+        lines = []
+        for path, mtu in self.rows():
+            cells = []
+            for c in cols:
+                m = self.get(c, path, mtu)
+                tx = m.extra_median("cpu_us_per_tx") if m is not None else None
+                gb = m.extra_median("cpu_s_per_gb") if m is not None else None
+                cells.append(f"{tx:.0f} us/trans" if tx is not None else f"{gb:.2f} s/GB" if gb is not None else "")
+            if any(cells):
+                lines.append("| " + " | ".join([path, str(mtu or "-"), *cells]) + " |")
+        if not lines:
+            return ""
+        head = ["CPU of the tool", "MTU", *[IMPL_TITLES.get(c, c) for c in cols]]
+        return "\n" + "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *lines]) + "\n"
 
 
 def write_charts(rs: ResultSet, out: Path) -> list[Path]:
@@ -628,19 +821,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv = sub.add_parser("rr-server", help="1-byte echo server for the rr clients")
     srv.add_argument("--port", type=int, required=True)
     srv.add_argument("--lifetime", type=float, default=3600.0)
-    cli = sub.add_parser("rr-client", help="TCP_RR / TCP_CRR client; prints one JSON line")
-    cli.add_argument("mode", choices=("tcp_rr", "tcp_crr"))
+    cli = sub.add_parser("rr-client", help="TCP_RR / TCP_CRR / UDP_RR client; prints one JSON line")
+    cli.add_argument("mode", choices=tuple(RR_CLIENTS))
     cli.add_argument("host")
     cli.add_argument("port", type=int)
     cli.add_argument("seconds", type=float)
+    hsrv = sub.add_parser("hold-server", help="accept and hold TCP connections, echo UDP")
+    hsrv.add_argument("--port", type=int, required=True)
+    hsrv.add_argument("--lifetime", type=float, default=3600.0)
+    hcli = sub.add_parser("hold-client", help="open and hold flows; stdin lines give the counts")
+    hcli.add_argument("proto", choices=("tcp", "udp"))
+    hcli.add_argument("host")
+    hcli.add_argument("port", type=int)
     rep = sub.add_parser("report", help="re-render results.md and charts from results.json")
     rep.add_argument("dir", type=Path)
     args = p.parse_args(argv)
     if args.cmd == "rr-server":
         rr_serve(args.port, args.lifetime)
+    elif args.cmd == "hold-server":
+        hold_serve(args.port, args.lifetime)
+    elif args.cmd == "hold-client":
+        hold_open(args.proto, args.host, args.port, sys.stdin)
     elif args.cmd == "rr-client":
-        fn = tcp_rr if args.mode == "tcp_rr" else tcp_crr
-        print(fn(args.host, args.port, args.seconds).to_json(), flush=True)
+        print(RR_CLIENTS[args.mode](args.host, args.port, args.seconds).to_json(), flush=True)
     else:
         rs = ResultSet.from_dict(json.loads((args.dir / "results.json").read_text()))
         rs.save(args.dir)

@@ -69,7 +69,8 @@ OUT: Final = Path(os.environ.get("PASST_PERF_OUT", str(REPO / "perf-results")))
 
 MTUS: Final = (65520, 1500)
 PATHS_AT: Final[dict[int, tuple[str, ...]]] = {
-    65520: ("tcp4_up", "tcp4_down", "fwd_ext", "fwd_lo", "out_lo", "udp4_up", "tcp_rr", "tcp_crr"),
+    65520: ("tcp4_up", "tcp4_down", "fwd_ext", "fwd_lo", "out_lo", "udp4_up", "tcp_rr", "tcp_crr",
+            "udp_rr"),
     1500: ("tcp4_up", "tcp4_down"),
 }
 """At MTU 1500 only the two tap bulk directions: splice and 1-byte RR traffic do not depend on the
@@ -493,7 +494,7 @@ class Bench:
         if p in ns_args:
             ns, args = ns_args[p]
             self.run_iperf(s, m, ns, args)
-        elif p in ("tcp_rr", "tcp_crr"):
+        elif p in ("tcp_rr", "tcp_crr", "udp_rr"):
             self.run_rr(s, m, p, WAN_ADDR4, WAN_RR)
         else:
             raise AssertionError(f"unknown path {p}")

@@ -26,6 +26,7 @@ from harness.perf import (
     rr_serve,
     tcp_crr,
     tcp_rr,
+    udp_rr,
 )
 from tests.perf.conftest import DIRECT_PATHS, MTUS, PATHS_AT, Bench, check_baseline, gate
 
@@ -42,6 +43,14 @@ def test_direct_baseline(bench: Bench, path: str) -> None:
 def test_c_pasta_baseline(bench: Bench, mtu: int, path: str) -> None:
     """Debian's C pasta on the same path (n/a when not installed)."""
     check_baseline(bench.measure("c", path, mtu))
+
+
+@pytest.mark.parametrize(("mtu", "path"), CASES)
+def test_peer_pasta_baseline(bench: Bench, mtu: int, path: str) -> None:
+    """Another pasta by path ($PASST_PERF_PEER_PASTA, say upstream's C), column "peer"."""
+    if "peer" not in bench.impls:
+        pytest.skip("PASST_PERF_PEER_PASTA not set")
+    check_baseline(bench.measure("peer", path, mtu))
 
 
 @pytest.mark.parametrize(("mtu", "path"), CASES)
@@ -119,7 +128,7 @@ def test_parse_iperf3_errors_and_stalls() -> None:
 
 
 def test_rr_client_and_server_over_loopback() -> None:
-    """TCP_RR and TCP_CRR complete transactions against rr_serve; a closed port only counts errors."""
+    """TCP_RR, TCP_CRR and UDP_RR complete transactions against rr_serve; a closed port only counts errors."""
     port = _free_port()
     threading.Thread(target=rr_serve, args=(port, 5.0), daemon=True).start()
     deadline = time.monotonic() + 5
@@ -134,6 +143,8 @@ def test_rr_client_and_server_over_loopback() -> None:
     crr = tcp_crr("127.0.0.1", port, 0.5)
     assert crr.errors == 0 and crr.transactions > 50, crr
     assert RrResult.from_json("noise\n" + crr.to_json() + "\n") == crr
+    urr = udp_rr("127.0.0.1", port, 0.5)
+    assert urr.errors == 0 and urr.transactions > 100, urr
     dead = tcp_crr("127.0.0.1", _free_port(), 0.3)
     assert dead.transactions == 0 and dead.errors > 0 and "Refused" in dead.first_error
 
@@ -142,7 +153,9 @@ def test_result_set_report_and_charts(tmp_path: Path) -> None:
     """Results round-trip through JSON; the table shows medians, ratios to direct and n/a; PNGs are written."""
     rs = ResultSet({"kernel": "test"})
     rs.add(Measurement("direct", "tcp4_up", None, "Gbit/s", [10.0, 12.0, 8.0]))
-    rs.add(Measurement("ours", "tcp4_up", 65520, "Gbit/s", [5.0, 6.0, 4.0], extras={"retr": [3, 1, 2]}))
+    rs.add(Measurement("ours", "tcp4_up", 65520, "Gbit/s", [5.0, 6.0, 4.0], extras={"retr": [3, 1, 2],
+                                                                                  "cpu_s_per_gb": [1.5, 2.5]}))
+    rs.add(Measurement("ours", "udp_rr", 65520, "trans/s", [900.0], extras={"cpu_us_per_tx": [41.0]}))
     rs.add(Measurement("c", "tcp4_up", 65520, "Gbit/s", status=NA, note="not installed"))
     bad = Measurement("slirp4netns", "tcp4_up", 65520, "Gbit/s", errors=["boom"])
     bad.finish()
@@ -152,6 +165,8 @@ def test_result_set_report_and_charts(tmp_path: Path) -> None:
     md = again.markdown()
     row = next(line for line in md.splitlines() if line.startswith("| tcp4_up"))
     assert "| 10.00 (8.00-12.00)" in row
-    assert "5.00 (4.00-6.00) [50% of direct, retr 2]" in row
+    assert "5.00 (4.00-6.00) [50% of direct, retr 2, cpu s/GB 2.00]" in row
     assert "| n/a |" in row and "FAIL (boom)" in row
+    cpu = md[md.index("| CPU of the tool"):].splitlines()
+    assert "| tcp4_up | 65520 | 2.00 s/GB |  |  |" in cpu and "| udp_rr | 65520 | 41 us/trans |  |  |" in cpu, cpu
     assert (tmp_path / "tcp4_up.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -57,12 +57,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import mmap
 import os
 import select
 import socket
 from collections.abc import Callable, Set
 from typing import Final
 
+from passt.buffers import lazy_buffer
 from passt.context import Context
 from passt.flows import tcp_decide as d
 from passt.flows.outbound import Outbound
@@ -185,7 +187,7 @@ class TcpHandler:
         self._dirty: list[TcpConn] = []
         self._timers = TcpTimers(ctx.loop, self._mark)
         self._ring: FrameRing | None = None
-        self._scratch: bytearray | None = None
+        self._scratch: mmap.mmap | None = None
         self._views: list[memoryview] = []
         self._poll_out = select.poll()
         #: Landing place for error-queue reads (OPT_TSONLY: no payload comes back).
@@ -747,10 +749,10 @@ class TcpHandler:
         if self._ring is not None:
             self._ring.rewind()
 
-    def _scratch_buf(self) -> bytearray:
+    def _scratch_buf(self) -> mmap.mmap:
         scratch = self._scratch
         if scratch is None:
-            scratch = self._scratch = bytearray(SCRATCH_BYTES)
+            scratch = self._scratch = lazy_buffer(SCRATCH_BYTES)
         return scratch
 
     def _template(self, af: int, src: bytes, dst: bytes, sport: int, dport: int) -> FrameTemplate:

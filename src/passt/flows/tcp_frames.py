@@ -31,6 +31,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from passt.buffers import lazy_buffer
 from passt.wire.checksum import csum_partial, pseudo_sum4, pseudo_sum6
 from passt.wire.eth import ETH_P_IP, ETH_P_IPV6
 from passt.wire.tcp import TCP_HLEN, build_tcp
@@ -199,7 +200,7 @@ class FrameRing:
         self.offload = offload
         self.slot_size = slot_size_for(offload, tap_mtu)
         count = max(RING_SLOTS_MIN, min(RING_SLOTS_MAX, budget // self.slot_size))
-        self._buf = bytearray(self.slot_size * count)
+        self._buf = lazy_buffer(self.slot_size * count)
         view = memoryview(self._buf)
         size = self.slot_size
         #: One writable view per slot.

@@ -29,6 +29,7 @@ import time
 from typing import Final
 
 from passt import log
+from passt.buffers import lazy_buffer
 from passt.counters import Counters
 from passt.tap.base import Buffer
 from passt.tap.pcap import Pcap
@@ -62,7 +63,7 @@ class StreamTap:
         self.sock = sock
         self.counters = counters
         self.pcap = pcap
-        self._buf = bytearray(RX_BUF)
+        self._buf = lazy_buffer(RX_BUF)
         self._view = memoryview(self._buf)
         self._have = 0  # bytes of a partial frame kept in the buffer
         self._tail_off = 0  # where that partial frame starts

@@ -32,6 +32,7 @@ import struct
 import time
 from typing import Final
 
+from passt.buffers import lazy_buffer
 from passt.counters import Counters
 from passt.tap.base import GSO_NONE, Buffer
 from passt.tap.pcap import Pcap
@@ -62,7 +63,7 @@ class TunTap:
         self.fd = fd
         self.counters = counters
         self.pcap = pcap
-        self._ring = bytearray(SLOT * RX_SLOTS)
+        self._ring = lazy_buffer(SLOT * RX_SLOTS)  # one page per slot until a segment fills it
         self._view = memoryview(self._ring)
         self._slots = [self._view[i * SLOT : (i + 1) * SLOT] for i in range(RX_SLOTS)]
         #: One iovec list per slot, built once (readv takes a sequence of buffers).

@@ -320,15 +320,20 @@ def udp_rr(host: str, port: int, seconds: float) -> RrResult:
     return _summarize("udp_rr", lat, clock() - start, errors, first_error)
 
 
+def _any_address(kind: socket.SocketKind, port: int) -> tuple[socket.socket, tuple[str, int]]:
+    """A socket of `kind` and the wildcard address for `port`: IPv6 dual-stack where the
+    namespace has IPv6, IPv4 otherwise."""
+    try:
+        s = socket.socket(socket.AF_INET6, kind)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        return s, ("::", port)
+    except OSError:
+        return socket.socket(socket.AF_INET, kind), ("0.0.0.0", port)
+
+
 def _listen_udp(port: int) -> socket.socket:
     """A UDP echo socket on every address, dual-stack where the namespace has IPv6."""
-    try:
-        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        addr: tuple[str, int] = ("::", port)
-    except OSError:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        addr = ("0.0.0.0", port)
+    s, addr = _any_address(socket.SOCK_DGRAM, port)
     s.bind(addr)
     s.setblocking(False)
     return s
@@ -336,13 +341,7 @@ def _listen_udp(port: int) -> socket.socket:
 
 def _listen(port: int) -> socket.socket:
     """A listening TCP socket on every address, IPv6 dual-stack where the namespace has IPv6."""
-    try:
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        addr: tuple[str, int] = ("::", port)
-    except OSError:
-        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        addr = ("0.0.0.0", port)
+    s, addr = _any_address(socket.SOCK_STREAM, port)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(addr)
     s.listen(1024)

@@ -21,9 +21,13 @@ next turn.  Bounds: `RING_BYTES` of memory (8 MiB), at most `RING_SLOTS_MAX`
 slots (1024, also IOV_MAX for the scatter `recvmsg_into`), at least
 `RING_SLOTS_MIN`.
 
-Control frames (SYN, pure ACK, FIN, RST) are rare relative to data, carry
-options sometimes, and are built into fresh small bytearrays with full
-checksums: they own their memory, so the ring's lifetime rule does not apply.
+Control frames (SYN, pure ACK, FIN, RST) carry options sometimes and are
+built into fresh small bytearrays: they own their memory, so the ring's
+lifetime rule does not apply.  Short flows are mostly control frames (a
+TCP_CRR transaction sends two or three), so the template also keeps the
+sum of the TCP header's constant words with the pseudo-header
+(`ctl_sum`): a control frame is one copy, two or three `pack_into` and a few
+additions, its TCP checksum never summed over bytes.
 """
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ _IP6: Final = struct.Struct("!IHBB16s16s")
 _U16: Final = struct.Struct("!H")
 #: seq, ack, data offset + flags, window: bytes 4..15 of the TCP header.
 _TCP_VAR: Final = struct.Struct("!IIHH")
+#: The same and the checksum: bytes 4..17 (control frames).
+_TCP_CTL: Final = struct.Struct("!IIHHH")
 _DOFF5: Final = 5 << 12
 
 
@@ -69,7 +75,7 @@ def _fold(total: int) -> int:
 class FrameTemplate:
     """Constant header bytes of one flow towards the guest, and their partial sums."""
 
-    __slots__ = ("af", "hdr", "l4_off", "hdr_len", "ip_base", "ph_base", "guest_mac")
+    __slots__ = ("af", "hdr", "l4_off", "hdr_len", "ip_base", "ph_base", "guest_mac", "ctl_sum")
 
     def __init__(
         self,
@@ -105,6 +111,8 @@ class FrameTemplate:
         self.l4_off = ETH_HLEN + len(ip)
         #: Bytes before the payload of a data frame (virtio hdr_len).
         self.hdr_len = self.l4_off + TCP_HLEN
+        #: Pseudo-header sum (without the length) plus the TCP header's constant words (the ports).
+        self.ctl_sum = self.ph_base + sport + dport
 
     def fill(
         self,
@@ -143,24 +151,30 @@ class FrameTemplate:
 def build_control(
     tpl: FrameTemplate, seq: int, ack: int, flags: int, window: int, options: bytes = b""
 ) -> bytearray:
-    """A payload-less frame from `tpl`, with `options` (a multiple of 4 bytes)."""
-    l4 = tpl.l4_off
-    tcp_len = TCP_HLEN + len(options)
-    frame = bytearray(l4 + tcp_len)
-    frame[0 : tpl.hdr_len] = tpl.hdr
+    """A payload-less frame from `tpl`, with `options` (a multiple of 4 bytes).
+
+    The TCP checksum is added up from the words that vary (seq, ack,
+    offset and flags, window, options) and the template's `ctl_sum`.
+    """
+    seq &= 0xFFFFFFFF
+    ack &= 0xFFFFFFFF
+    frame = bytearray(tpl.hdr)
     if options:
-        frame[tpl.hdr_len :] = options
+        frame += options
+        tcp_len = TCP_HLEN + len(options)
+        total = tpl.ctl_sum + tcp_len + csum_partial(options)
+    else:
+        tcp_len = TCP_HLEN
+        total = tpl.ctl_sum + TCP_HLEN
     if tpl.af == 4:
-        total = IP4_HLEN + tcp_len
-        _U16.pack_into(frame, ETH_HLEN + 2, total)
-        _U16.pack_into(frame, ETH_HLEN + 10, ~_fold(tpl.ip_base + total) & 0xFFFF)
+        ip_len = IP4_HLEN + tcp_len
+        _U16.pack_into(frame, ETH_HLEN + 2, ip_len)
+        _U16.pack_into(frame, ETH_HLEN + 10, ~_fold(tpl.ip_base + ip_len) & 0xFFFF)
     else:
         _U16.pack_into(frame, ETH_HLEN + 4, tcp_len)
-    _TCP_VAR.pack_into(
-        frame, l4 + 4, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (tcp_len >> 2) << 12 | flags, window
-    )
-    csum = csum_partial(memoryview(frame)[l4:], tpl.ph_base + tcp_len)
-    _U16.pack_into(frame, l4 + 16, ~csum & 0xFFFF)
+    off_flags = (tcp_len >> 2) << 12 | flags
+    total += (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + off_flags + window
+    _TCP_CTL.pack_into(frame, tpl.l4_off + 4, seq, ack, off_flags, window, ~_fold(total) & 0xFFFF)
     return frame
 
 

@@ -7,8 +7,10 @@ import struct
 
 import pytest
 
+from passt.flows import tcp_frames
 from passt.flows.tcp_frames import RING_SLOTS_MIN, FrameRing, FrameTemplate, build_control
 from passt.wire.checksum import csum_partial, pseudo_sum4, pseudo_sum6
+from passt.wire.tcp import build_tcp
 
 
 def test_frame_ring_slots_handed_over_until_rewind() -> None:
@@ -63,3 +65,24 @@ def test_control_frames_match_a_full_build(af: int) -> None:
         options = [b"", b"\x02\x04\x05\xb4", b"\x02\x04\x05\xb4\x01\x03\x03\x08", bytes(rnd.randrange(256) for _ in range(12))][i % 4]
         frame = build_control(tpl, seq, ack, flags, window, options)
         assert bytes(frame) == _reference(tpl, seq, ack, flags, window, options)
+
+
+def test_templates_share_address_parts_within_a_bound() -> None:
+    """Flows between the same addresses share the cached Ethernet/IP part; the ports, the guest
+    MAC and the addresses still tell templates apart; the cache stays within ADDR_PARTS_MAX."""
+    mac, ours = b"\x02\x00\x00\x00\x00\x09", b"\x02\x00\x00\x00\x00\x01"
+    src, dst = bytes([10, 0, 2, 2]), bytes([10, 0, 2, 15])
+    a = FrameTemplate(4, mac, ours, src, dst, 80, 40000)
+    b = FrameTemplate(4, mac, ours, src, dst, 80, 40001)
+    assert a.hdr[:34] == b.hdr[:34] and a.hdr != b.hdr
+    tcp = bytearray(20)
+    build_tcp(tcp, 0, sport=80, dport=40001, seq=0, ack=0, flags=0, window=0)
+    assert b.hdr[34:] == bytes(tcp) and b.l4_off == 34 and b.hdr_len == 54
+    other_mac = b"\x02\x00\x00\x00\x00\x0a"
+    c = FrameTemplate(4, other_mac, ours, src, dst, 80, 40000)
+    assert c.hdr[:6] == other_mac and c.guest_mac is other_mac and c.hdr[6:] == a.hdr[6:]
+    for i in range(tcp_frames.ADDR_PARTS_MAX + 10):
+        FrameTemplate(6, mac, ours, i.to_bytes(16, "big"), dst * 4, 1, 2)
+        assert len(tcp_frames._ADDR_PARTS) <= tcp_frames.ADDR_PARTS_MAX
+    v6 = FrameTemplate(6, mac, ours, (5).to_bytes(16, "big"), dst * 4, 1, 2)
+    assert v6.l4_off == 54 and v6.hdr[54:56] == b"\x00\x01" and v6.hdr[12:14] == b"\x86\xdd"

@@ -363,3 +363,27 @@ def test_last_ack_of_a_close_closes_inline() -> None:
     finally:
         h.close()
         srv.close()
+
+
+def test_guest_syn_arms_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect done inside connect() arms only the SYN-ACK's RTO (no handshake timer to cancel);
+    one still in progress arms the handshake timeout."""
+    srv = Server(4, lambda conn: conn.recv(10), count=2)
+    ctx, tap, h = make_handler()
+    try:
+        g = Guest(ctx, tap, h, 4, G4, 41002, LO4, srv.port)
+        g.syn()
+        conn = the_conn(h)
+        assert conn.state & tcp_decide.SYNACK_SENT
+        assert conn.timer is not None and conn.timer.deadline == conn.rto_deadline
+        live = [t for _, _, t in ctx.loop._timers if not t.cancelled]
+        assert [t for _, _, t in ctx.loop._timers if t.cancelled] == [] and conn.timer in live
+        monkeypatch.setattr(h, "_connected_now", lambda conn: 0)  # as if the peer were far away
+        g2 = Guest(ctx, tap, h, 4, G4, 41003, LO4, srv.port)
+        g2.syn()
+        (slow,) = [c for c in h.flows.values() if c is not conn]
+        assert slow.state & tcp_decide.CONNECTING
+        assert slow.timer is not None and slow.timer.deadline == slow.syn_deadline
+    finally:
+        h.close()
+        srv.close()

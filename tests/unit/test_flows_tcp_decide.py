@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import itertools
 import re
 from types import ModuleType
 from typing import Any
@@ -70,7 +71,7 @@ def check(c: TcpFlow, want: dict[str, Any]) -> None:
 
 # the module itself -------------------------------------------------------------------
 _TABLE_ROW = re.compile(r"^ {4}(?:[a-z_]+)?\s+([A-Z][A-Z_]+)\s+(-?\d+)\s+\S", re.M)
-_ACTION_PREFIXES = ("HS_", "A_", "D_", "T_", "P_", "E_", "TM_", "ROOM_")
+_ACTION_PREFIXES = ("HS_", "A_", "D_", "T_", "Q_", "P_", "E_", "TM_", "ROOM_")
 
 
 def test_docstring_table_matches_the_constants() -> None:
@@ -148,8 +149,8 @@ def test_handshake_segment(state: int, segment: TcpSegment, action: int, after: 
     assert d.handshake_segment(c, segment, 1460) == action
     assert c.state == after
     assert c.need_ack is need_ack
-    if after == EST:  # established: the RTO starts over, TCP_INFO is due
-        check(c, {"rto": d.RTO_INIT_S, "rto_deadline": 0.0, "info_due": True})
+    if after == EST:  # established: the RTO starts over; TCP_INFO only after the guest's SYN-ACK
+        check(c, {"rto": d.RTO_INIT_S, "rto_deadline": 0.0, "info_due": action == d.HS_SYNACK})
 
 
 #: The guest's SYN options -> (mss, ws_from_guest, ws_to_guest, wnd_from_guest)
@@ -512,6 +513,81 @@ def test_ack_sent_records_what_left() -> None:
     c = flow(ack_off=30, wnd_raw=77)
     assert d.ack_sent(c) == gseq(30)
     check(c, {"ack_sent": gseq(30), "wnd_sent": 77})
+
+
+#: (fields before, quiet_ack's answer); flow() plus: our last ACK and window went out unchanged
+QUIET: list[tuple[dict[str, Any], int]] = [
+    (dict(), d.Q_NONE),  # the handshake ACK, a repeated ACK: nothing to do
+    (dict(state=SYNACK_SENT), d.Q_SERVICE),  # not established
+    (dict(to_drop=5), d.Q_SERVICE),  # acked bytes to drop
+    (dict(retransmit=True), d.Q_SERVICE),
+    (dict(info_due=True), d.Q_SERVICE),
+    (dict(need_ack=True), d.Q_SERVICE),  # keep-alive, ACK of unsent data
+    (dict(nudge=True), d.Q_SERVICE),
+    (dict(sock_pending=True), d.Q_SERVICE),  # socket data to peek
+    (dict(sock_pending=True, state=EST | SOCK_EOF | FIN_SENT), d.Q_NONE),  # all peeked, FIN out
+    (dict(ack_sent=gseq(-1)), d.Q_SERVICE),  # an ACK is owed (or held)
+    (dict(wnd_raw=0), d.Q_SERVICE),  # window closed since the last ACK: news, and polls
+    (dict(wnd_raw=95), d.Q_NONE),  # window jitter is no news
+    (dict(rcvd=10), d.Q_SERVICE),  # guest data waits for the peer's ACK
+    (dict(state=EST | GUEST_FIN), d.Q_SERVICE),  # the guest's FIN does
+    (dict(state=EST | GUEST_FIN | GUEST_FIN_ACKED), d.Q_NONE),
+    (dict(state=EST | SOCK_EOF | FIN_SENT | FIN_ACKED), d.Q_NONE),  # half closed: the guest may still send
+    (dict(state=EST | GUEST_FIN | GUEST_FIN_ACKED | SOCK_EOF | FIN_SENT | FIN_ACKED), d.Q_CLOSE),
+    (dict(state=EST | GUEST_FIN | GUEST_FIN_ACKED | SOCK_EOF | FIN_SENT | FIN_ACKED, to_drop=1), d.Q_SERVICE),
+]
+
+
+def _quiet_flow(**fields: Any) -> TcpFlow:
+    c = flow(wnd_raw=100, wnd_sent=100)
+    c.ack_sent = c.ack_num()
+    for name, value in fields.items():
+        setattr(c, name, value)
+    if c.state & GUEST_FIN_ACKED and "ack_sent" not in fields:
+        c.ack_sent = c.ack_num()
+    return c
+
+
+@pytest.mark.parametrize(("before", "answer"), QUIET)
+def test_quiet_ack(before: dict[str, Any], answer: int) -> None:
+    assert d.quiet_ack(_quiet_flow(**before)) == answer
+
+
+def _copy(c: TcpFlow) -> TcpFlow:
+    n = TcpFlow(c.af, c.isn, NOW)
+    for name in TcpFlow.__slots__:
+        setattr(n, name, getattr(c, name))
+    return n
+
+
+def test_quiet_ack_skips_only_services_that_do_nothing() -> None:
+    """Over every combination of the fields the service looks at: Q_NONE only where the
+    service's decisions would do nothing (no drop, plan 0, turn_end 0), Q_CLOSE only where
+    they would only close; and quiet_ack changes nothing in the flow."""
+    states = [EST, EST | GUEST_FIN, EST | GUEST_FIN | GUEST_FIN_ACKED, EST | SOCK_EOF | FIN_SENT,
+              EST | SOCK_EOF | FIN_SENT | FIN_ACKED, EST | GUEST_FIN | GUEST_FIN_ACKED | SOCK_EOF | FIN_SENT,
+              EST | GUEST_FIN | GUEST_FIN_ACKED | SOCK_EOF | FIN_SENT | FIN_ACKED, SYNACK_SENT]
+    bools = ("retransmit", "info_due", "need_ack", "nudge", "sock_pending")
+    seen = {d.Q_NONE: 0, d.Q_CLOSE: 0, d.Q_SERVICE: 0}
+    for state, to_drop, rcvd, owed, wnd, flags in itertools.product(
+        states, (0, 3), (0, 10), (False, True), ((100, 100), (95, 100), (0, 100), (200, 100), (0, 0)),
+        itertools.product((False, True), repeat=len(bools)),
+    ):
+        c = flow(state=state, to_drop=to_drop, rcvd=rcvd, ack_off=0, wnd_raw=wnd[0], wnd_sent=wnd[1])
+        for name, value in zip(bools, flags, strict=True):
+            setattr(c, name, value)
+        c.ack_sent = (c.ack_num() - (1 if owed else 0)) & 0xFFFFFFFF
+        before = {name: getattr(c, name) for name in TcpFlow.__slots__}
+        q = d.quiet_ack(c)
+        assert {name: getattr(c, name) for name in TcpFlow.__slots__} == before
+        seen[q] += 1
+        if q == d.Q_SERVICE:
+            continue
+        probe = _copy(c)
+        assert probe.to_drop == 0
+        assert d.service_plan(probe) == 0
+        assert d.turn_end(probe) == (d.E_CLOSE if q == d.Q_CLOSE else 0)
+    assert all(seen.values())
 
 
 #: (fields before, turn_end's close and poll bits)

@@ -296,3 +296,94 @@ def test_guest_fin_ack_not_held_when_peer_stays_open() -> None:
         release.set()
         h.close()
         srv.close()
+
+
+def test_handshake_ack_needs_no_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest's ACK of our SYN-ACK, alone: no TCP_INFO, no deferred service, no frame
+    (tcp_decide.quiet_ack); the flow still carries data both ways afterwards."""
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(conn.recv(10).upper())
+
+    ctx, tap, h = make_handler()
+    srv = Server(4, script)
+    try:
+        g = Guest(ctx, tap, h, 4, G4, 41001, LO4, srv.port)
+        g.syn()
+        segs = g.take()
+        assert [s.flags for s in segs] == ["SA"]
+        g.on_synack(segs[0])
+        calls: list[object] = []
+        real = tcp_kernel.tcp_info
+        monkeypatch.setattr(tcp_mod, "tcp_info", lambda sock: calls.append(sock) or real(sock))
+        g.ack()
+        conn = the_conn(h)
+        assert conn.state & tcp_decide.ESTABLISHED
+        assert not conn.dirty and h._dirty == []
+        ctx.loop.run_once(0)
+        assert calls == [] and g.take() == []
+        g.send_data(b"hi")
+        got: list[Any] = []
+        assert pump(ctx, lambda: gather(g, got) and any(s.payload for s in got))
+        assert b"".join(s.payload for s in got) == b"HI"
+        assert calls  # the data asked for the peer's ACK
+    finally:
+        h.close()
+        srv.close()
+
+
+def test_last_ack_of_a_close_closes_inline() -> None:
+    """TCP_CRR's close: the guest's ACK of our FIN (after its own FIN was acknowledged) ends the
+    flow inside from_tap, without waiting for the turn's service."""
+
+    def script(conn: socket.socket) -> None:
+        conn.sendall(conn.recv(10).upper())
+        conn.recv(10)  # EOF
+        conn.close()
+
+    ctx, tap, h = make_handler()
+    srv = Server(4, script)
+    try:
+        g = open_conn(ctx, tap, h, 4, srv.port)
+        got: list[Any] = []
+        g.send_data(b"q")
+        assert pump(ctx, lambda: gather(g, got) and any(s.payload for s in got))
+        g.absorb(got, ack=False)
+        g.send("FA")
+        g.snd_nxt += 1
+        got = []
+        assert pump(ctx, lambda: gather(g, got) and any("F" in s.flags for s in got))
+        (fin,) = [s for s in got if "F" in s.flags]
+        assert fin.ack == g.snd_nxt  # our FIN carries the ACK of the guest's
+        assert h.flow_count() == 1
+        g.absorb(got, ack=False)
+        g.send("A")  # from_tap only: the loop does not run
+        assert h.flow_count() == 0 and h._dirty == []
+        assert ctx.counters.events.get("tcp_closed") == 1
+    finally:
+        h.close()
+        srv.close()
+
+
+def test_guest_syn_arms_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connect done inside connect() arms only the SYN-ACK's RTO (no handshake timer to cancel);
+    one still in progress arms the handshake timeout."""
+    srv = Server(4, lambda conn: conn.recv(10), count=2)
+    ctx, tap, h = make_handler()
+    try:
+        g = Guest(ctx, tap, h, 4, G4, 41002, LO4, srv.port)
+        g.syn()
+        conn = the_conn(h)
+        assert conn.state & tcp_decide.SYNACK_SENT
+        assert conn.timer is not None and conn.timer.deadline == conn.rto_deadline
+        live = [t for _, _, t in ctx.loop._timers if not t.cancelled]
+        assert [t for _, _, t in ctx.loop._timers if t.cancelled] == [] and conn.timer in live
+        monkeypatch.setattr(h, "_connected_now", lambda conn: 0)  # as if the peer were far away
+        g2 = Guest(ctx, tap, h, 4, G4, 41003, LO4, srv.port)
+        g2.syn()
+        (slow,) = [c for c in h.flows.values() if c is not conn]
+        assert slow.state & tcp_decide.CONNECTING
+        assert slow.timer is not None and slow.timer.deadline == slow.syn_deadline
+    finally:
+        h.close()
+        srv.close()

@@ -38,12 +38,15 @@ deferred: the segment or socket event only updates the flow's numbers and
 marks it dirty, and once per loop turn `_post` runs, per dirty flow, the
 MSG_TRUNC drop, the rewind, TCP_INFO (and SO_MEMINFO), the peek and frames,
 the pure ACK and FIN, and the close: a burst of guest ACKs costs one drop,
-one peek and one TCP_INFO per flow.  Host socket events are read from an
+one peek and one TCP_INFO per flow.  A pure ACK that asks nothing of that
+pass (the handshake ACK, an ACK of nothing new) is not marked at all, and
+the ACK of our FIN that ends a flow closes it inline (`tcp_decide.quiet_ack`;
+TCP_CRR: one pass in four less).  Host socket events are read from an
 inner edge-triggered epoll whose descriptor is the only thing registered
 with the loop (level triggering would spin on data waiting for the guest's
 ACK); a connect() completing, an error-queue drain (SO_TIMESTAMPING TX_ACK
 notifications of the peer's ACKs) and a reset on a socket error run inline
-there, the rest is marked.  Timers: one per flow (`tcp_decide.on_timer`),
+there, the rest is marked, except a writable edge nothing waits for.  Timers: one per flow (`tcp_decide.on_timer`),
 and three handler-wide lists (delayed ACKs, TCP_INFO polls, flows the frame
 ring starved) in `tcp_timers`.  Accepting `-t` connections: `tcp_accept`.
 
@@ -291,6 +294,19 @@ class TcpHandler:
                     self._data_taken(conn, r)
             elif skip == d.D_OUT_OF_ORDER:
                 counters.drop("tcp_out_of_order")
+        elif not conn.dirty:
+            # A pure ACK: most ask nothing of this turn's service (the
+            # handshake ACK, an ACK of nothing new), and the last one of a
+            # close asks only for the close (tcp_decide.quiet_ack).
+            q = d.quiet_ack(conn)
+            if q == d.Q_NONE:
+                if conn.rto_deadline:
+                    self._arm(conn, conn.rto_deadline)
+                return
+            if q == d.Q_CLOSE:
+                counters.event("tcp_closed")
+                self._close(conn, rst=False)
+                return
         self._mark(conn)
 
     def _data_taken(self, conn: TcpConn, r: int) -> None:
@@ -454,6 +470,10 @@ class TcpHandler:
                         continue
             if ev & (_EP_IN | _EP_RDHUP | _EP_HUP):
                 d.sock_readable(conn, bool(ev & (_EP_RDHUP | _EP_HUP)))
+            elif not ev & _EP_ERR and not conn.sndbuf_full:
+                # Writable only, and no short send() waits for it (the edge
+                # after connect() or shutdown()): nothing for the service.
+                continue
             if ev & _EP_OUT and conn.sndbuf_full:
                 d.sock_writable(conn)
             self._mark(conn)

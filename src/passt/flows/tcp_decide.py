@@ -61,6 +61,9 @@ checks this table against the constants below):
     data_taken         T_TUNE_BULK        1      set the bulk socket options
                        T_SNDBUF_FULL      2      count a short send()
                        T_SHUTDOWN         4      shutdown(SHUT_WR): the guest's FIN
+    quiet_ack          Q_SERVICE          0      mark the flow for this turn's service
+                       Q_NONE             1      nothing to do (no mark, no service)
+                       Q_CLOSE            2      close the flow now (both FINs acked)
     service_plan       P_REWIND           1      peek offset back to the head, count
                        P_INFO             2      read TCP_INFO, then `reflect_peer`
                        P_PUSH             4      peek and send data (`push_budget`)
@@ -183,6 +186,10 @@ D_OUT_OF_ORDER: Final = -2
 T_TUNE_BULK: Final = 1
 T_SNDBUF_FULL: Final = 2
 T_SHUTDOWN: Final = 4
+# quiet_ack
+Q_SERVICE: Final = 0
+Q_NONE: Final = 1
+Q_CLOSE: Final = 2
 # service_plan (bits)
 P_REWIND: Final = 1
 P_INFO: Final = 2
@@ -353,9 +360,15 @@ def synack_sent(c: TcpFlow, wnd: int) -> int:
 
 
 def established(c: TcpFlow) -> None:
-    """Both handshakes done."""
+    """Both handshakes done.
+
+    No TCP_INFO is due for it: our SYN-ACK (or SYN) announced the peer's
+    window as read at connect time, the ACK number cannot have moved (the
+    guest sent nothing yet), and the first guest data asks for TCP_INFO
+    anyway (`data_taken`).  The guest's handshake ACK alone then needs no
+    service (`quiet_ack`: one TCP_INFO and one pass less per connection).
+    """
     c.state = next_state(c.state, EV_HANDSHAKE_DONE)
-    c.info_due = True
     c.rto = RTO_INIT_S
     c.retries = 0
     c.rto_deadline = 0.0
@@ -501,6 +514,41 @@ def data_taken(c: TcpFlow, want: int, sent: int, fin: int) -> int:
             c.info_due = True
         ret |= T_SHUTDOWN
     return ret
+
+
+def quiet_ack(c: TcpFlow) -> int:
+    """A guest segment without payload or FIN went through `ack_from_guest`: does it need a service?
+
+    Q_NONE when this turn's service would do nothing for the flow: nothing
+    to drop (`to_drop`) or retransmit, no TCP_INFO due, no socket data to
+    peek, no ACK owed or held (`turn_end` would return 0: same ACK number,
+    no window news, no TCP_INFO poll wanted).  Q_CLOSE when the only thing
+    left is the close: the segment acknowledged our FIN after the guest's
+    FIN was acknowledged, with nothing to drop and no ACK owed (the last
+    ACK of a TCP_CRR transaction).  Otherwise Q_SERVICE.  Only reads the
+    flow, so the driver may ask for every such segment; it asks only for
+    flows not already marked this turn (their service runs anyway).
+    """
+    state = c.state
+    if (
+        c.to_drop
+        or not state & ESTABLISHED
+        or c.retransmit
+        or c.info_due
+        or c.need_ack
+        or c.nudge
+        or c.sock_pending and not state & FIN_SENT
+        or c.ack_num() != c.ack_sent
+        or c.wnd_raw != c.wnd_sent and window_news(c)
+    ):
+        return Q_SERVICE
+    if state & GUEST_FIN_ACKED and state & FIN_ACKED:
+        return Q_CLOSE
+    if c.rcvd > c.ack_off or state & GUEST_FIN and not state & GUEST_FIN_ACKED:
+        return Q_SERVICE  # guest data (or its FIN) waits for the peer's ACK: TCP_INFO polls
+    if c.wnd_raw == 0 and not state & GUEST_FIN:
+        return Q_SERVICE  # our window is shut: polls watch it
+    return Q_NONE
 
 
 def ack_guest_fin(c: TcpFlow) -> bool:

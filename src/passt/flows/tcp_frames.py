@@ -6,7 +6,9 @@ and checksums change.  A `FrameTemplate` holds those constant bytes once per
 flow (passt's pre-cooked headers) plus the partial sums of the constant IPv4
 header words and of the TCP pseudo-header, so filling a frame is one slice
 copy, three `pack_into` calls and (without offload) one checksum over the
-segment:
+segment.  The Ethernet and IP part and its sums depend on the addresses
+only: they are kept per address pair (up to ADDR_PARTS_MAX pairs), so a
+new flow's template is one concatenation with its ports:
 
     slot: | eth 14 | ip 20/40 | tcp 20 | payload ... (peeked in place) |
            \\___________ template ________/ \\__ recv(MSG_PEEK) writes here
@@ -21,9 +23,13 @@ next turn.  Bounds: `RING_BYTES` of memory (8 MiB), at most `RING_SLOTS_MAX`
 slots (1024, also IOV_MAX for the scatter `recvmsg_into`), at least
 `RING_SLOTS_MIN`.
 
-Control frames (SYN, pure ACK, FIN, RST) are rare relative to data, carry
-options sometimes, and are built into fresh small bytearrays with full
-checksums: they own their memory, so the ring's lifetime rule does not apply.
+Control frames (SYN, pure ACK, FIN, RST) carry options sometimes and are
+built into fresh small bytearrays: they own their memory, so the ring's
+lifetime rule does not apply.  Short flows are mostly control frames (a
+TCP_CRR transaction sends two or three), so the template also keeps the
+sum of the TCP header's constant words with the pseudo-header
+(`ctl_sum`): a control frame is one copy, two or three `pack_into` and a few
+additions, its TCP checksum never summed over bytes.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Final
 from passt.buffers import lazy_buffer
 from passt.wire.checksum import csum_partial, pseudo_sum4, pseudo_sum6
 from passt.wire.eth import ETH_P_IP, ETH_P_IPV6
-from passt.wire.tcp import TCP_HLEN, build_tcp
+from passt.wire.tcp import TCP_HLEN
 
 ETH_HLEN: Final = 14
 IP4_HLEN: Final = 20
@@ -48,6 +54,8 @@ RING_BYTES: Final = 8 << 20
 #: Scatter lists above IOV_MAX (1024 on Linux) are refused by recvmsg.
 RING_SLOTS_MAX: Final = 1024
 RING_SLOTS_MIN: Final = 16
+#: Address pairs whose template parts are kept (`_ADDR_PARTS`; emptied when full).
+ADDR_PARTS_MAX: Final = 256
 #: Largest IPv4 datagram / IPv6 payload: caps an offloaded (GSO) frame.
 IP_MAX_LEN: Final = 65535
 
@@ -57,6 +65,10 @@ _IP6: Final = struct.Struct("!IHBB16s16s")
 _U16: Final = struct.Struct("!H")
 #: seq, ack, data offset + flags, window: bytes 4..15 of the TCP header.
 _TCP_VAR: Final = struct.Struct("!IIHH")
+#: Ports and data offset of a template's TCP header (seq, ack, flags, window, checksum, urgent: 0).
+_TCP_PORTS: Final = struct.Struct("!HH8xH6x")
+#: The same and the checksum: bytes 4..17 (control frames).
+_TCP_CTL: Final = struct.Struct("!IIHHH")
 _DOFF5: Final = 5 << 12
 
 
@@ -69,7 +81,7 @@ def _fold(total: int) -> int:
 class FrameTemplate:
     """Constant header bytes of one flow towards the guest, and their partial sums."""
 
-    __slots__ = ("af", "hdr", "l4_off", "hdr_len", "ip_base", "ph_base", "guest_mac")
+    __slots__ = ("af", "hdr", "l4_off", "hdr_len", "ip_base", "ph_base", "guest_mac", "ctl_sum")
 
     def __init__(
         self,
@@ -85,26 +97,26 @@ class FrameTemplate:
         self.af = af
         #: The guest MAC baked in (compared by identity to notice a change).
         self.guest_mac = guest_mac
-        if af == 4:
-            ip = _IP4.pack(0x45, 0, 0, 0, 0x4000, TTL, IPPROTO_TCP, 0, src, dst)
-            eth = _ETH.pack(guest_mac, our_mac, ETH_P_IP)
-            #: Sum of the IPv4 header words that never change (length and checksum are 0).
-            self.ip_base = csum_partial(ip)
-            #: Pseudo-header sum without the length.
-            self.ph_base = pseudo_sum4(src, dst, IPPROTO_TCP, 0)
-        else:
-            ip = _IP6.pack(6 << 28, 0, IPPROTO_TCP, TTL, src, dst)
-            eth = _ETH.pack(guest_mac, our_mac, ETH_P_IPV6)
-            self.ip_base = 0
-            self.ph_base = pseudo_sum6(src, dst, IPPROTO_TCP, 0)
-        tcp = bytearray(TCP_HLEN)
-        build_tcp(tcp, 0, sport=sport, dport=dport, seq=0, ack=0, flags=0, window=0)
+        key = (af, guest_mac, our_mac, src, dst)
+        addr = _ADDR_PARTS.get(key)
+        if addr is None:
+            addr = _addr_part(af, guest_mac, our_mac, src, dst)
+            if len(_ADDR_PARTS) >= ADDR_PARTS_MAX:
+                _ADDR_PARTS.clear()
+            _ADDR_PARTS[key] = addr
+        prefix, ip_base, ph_base = addr
+        #: Sum of the IPv4 header words that never change (length and checksum are 0; IPv6: 0).
+        self.ip_base = ip_base
+        #: Pseudo-header sum without the length.
+        self.ph_base = ph_base
         #: Ethernet + IP + TCP header with ports; variable fields zero.
-        self.hdr = eth + ip + bytes(tcp)
+        self.hdr = prefix + _TCP_PORTS.pack(sport, dport, _DOFF5)
         #: Offset of the TCP header in a frame (virtio csum_start).
-        self.l4_off = ETH_HLEN + len(ip)
+        self.l4_off = len(prefix)
         #: Bytes before the payload of a data frame (virtio hdr_len).
         self.hdr_len = self.l4_off + TCP_HLEN
+        #: Pseudo-header sum (without the length) plus the TCP header's constant words (the ports).
+        self.ctl_sum = self.ph_base + sport + dport
 
     def fill(
         self,
@@ -140,27 +152,49 @@ class FrameTemplate:
         return l4 + tcp_len
 
 
+def _addr_part(af: int, guest_mac: bytes, our_mac: bytes, src: bytes, dst: bytes) -> tuple[bytes, int, int]:
+    """Ethernet and IP header bytes of one address pair, the IPv4 header's and the pseudo-header's sums."""
+    if af == 4:
+        ip = _IP4.pack(0x45, 0, 0, 0, 0x4000, TTL, IPPROTO_TCP, 0, src, dst)
+        eth = _ETH.pack(guest_mac, our_mac, ETH_P_IP)
+        return eth + ip, csum_partial(ip), pseudo_sum4(src, dst, IPPROTO_TCP, 0)
+    ip = _IP6.pack(6 << 28, 0, IPPROTO_TCP, TTL, src, dst)
+    eth = _ETH.pack(guest_mac, our_mac, ETH_P_IPV6)
+    return eth + ip, 0, pseudo_sum6(src, dst, IPPROTO_TCP, 0)
+
+
+#: Address parts of recent templates: short flows between the same two
+#: addresses (TCP_CRR) share them, and a template is then one concatenation.
+_ADDR_PARTS: dict[tuple[int, bytes, bytes, bytes, bytes], tuple[bytes, int, int]] = {}
+
+
 def build_control(
     tpl: FrameTemplate, seq: int, ack: int, flags: int, window: int, options: bytes = b""
 ) -> bytearray:
-    """A payload-less frame from `tpl`, with `options` (a multiple of 4 bytes)."""
-    l4 = tpl.l4_off
-    tcp_len = TCP_HLEN + len(options)
-    frame = bytearray(l4 + tcp_len)
-    frame[0 : tpl.hdr_len] = tpl.hdr
+    """A payload-less frame from `tpl`, with `options` (a multiple of 4 bytes).
+
+    The TCP checksum is added up from the words that vary (seq, ack,
+    offset and flags, window, options) and the template's `ctl_sum`.
+    """
+    seq &= 0xFFFFFFFF
+    ack &= 0xFFFFFFFF
+    frame = bytearray(tpl.hdr)
     if options:
-        frame[tpl.hdr_len :] = options
+        frame += options
+        tcp_len = TCP_HLEN + len(options)
+        total = tpl.ctl_sum + tcp_len + csum_partial(options)
+    else:
+        tcp_len = TCP_HLEN
+        total = tpl.ctl_sum + TCP_HLEN
     if tpl.af == 4:
-        total = IP4_HLEN + tcp_len
-        _U16.pack_into(frame, ETH_HLEN + 2, total)
-        _U16.pack_into(frame, ETH_HLEN + 10, ~_fold(tpl.ip_base + total) & 0xFFFF)
+        ip_len = IP4_HLEN + tcp_len
+        _U16.pack_into(frame, ETH_HLEN + 2, ip_len)
+        _U16.pack_into(frame, ETH_HLEN + 10, ~_fold(tpl.ip_base + ip_len) & 0xFFFF)
     else:
         _U16.pack_into(frame, ETH_HLEN + 4, tcp_len)
-    _TCP_VAR.pack_into(
-        frame, l4 + 4, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, (tcp_len >> 2) << 12 | flags, window
-    )
-    csum = csum_partial(memoryview(frame)[l4:], tpl.ph_base + tcp_len)
-    _U16.pack_into(frame, l4 + 16, ~csum & 0xFFFF)
+    off_flags = (tcp_len >> 2) << 12 | flags
+    total += (seq >> 16) + (seq & 0xFFFF) + (ack >> 16) + (ack & 0xFFFF) + off_flags + window
+    _TCP_CTL.pack_into(frame, tpl.l4_off + 4, seq, ack, off_flags, window, ~_fold(total) & 0xFFFF)
     return frame
 
 

@@ -29,6 +29,7 @@ from passt.flows import tcp_decide as d
 from passt.flows.sockets import close_rst, dst_forwardable, link_scope
 from passt.flows.tcp_frames import build_control
 from passt.flows.tcp_kernel import info_bytes_acked
+from passt.flows.tcp_state import CONNECTING
 from passt.wire.tcp import ACK, RST, SYN, TcpSegment
 
 if TYPE_CHECKING:
@@ -92,13 +93,17 @@ def new_from_tap(h: TcpHandler, af: int, src: bytes, dst: bytes, seg: TcpSegment
         rst_unknown(h, af, src, dst, seg, plen)
         return
     counters.event("tcp_open_from_guest")
-    h._arm(conn, conn.syn_deadline)
     if rc == 0:
         h._connect_done(conn, now)
     else:
         revents = h._connected_now(conn)
         if revents:
             h._connect_done(conn, now, clean=not revents & (select.POLLERR | select.POLLHUP))
+    # Still connecting: the handshake timeout.  (A connect done at once
+    # armed the SYN-ACK's RTO, which comes first: arming both would cost
+    # a timer and a cancel per connection.)
+    if conn.state & CONNECTING and not conn.closed:
+        h._arm(conn, conn.syn_deadline)
 
 
 def rst_unknown(h: TcpHandler, af: int, src: bytes, dst: bytes, seg: TcpSegment, plen: int) -> None:

@@ -50,7 +50,7 @@ from harness.perf import (
     RrResult,
     machine_info,
     parse_iperf3,
-    tool_cpu_ticks,
+    tool_cpu_split,
 )
 
 REPO: Final = Path(__file__).resolve().parents[2]
@@ -512,13 +512,14 @@ class Bench:
         for _ in range(RUNS):
             if not self._check_alive(s, m):
                 break
-            c0, t0 = tool_cpu_ticks(s.pid), time.monotonic()
+            (u0, k0), t0 = tool_cpu_split(s.pid), time.monotonic()
             try:
                 out = s.topo.run(ns, argv, timeout=SECONDS + 20).stdout
             except subprocess.TimeoutExpired:
                 m.errors.append(f"iperf3 did not finish within {SECONDS + 20:g} s")
                 continue
-            c1, t1 = tool_cpu_ticks(s.pid), time.monotonic()
+            (u1, k1), t1 = tool_cpu_split(s.pid), time.monotonic()
+            c0, c1 = u0 + k0, u1 + k1
             res = parse_iperf3(out)
             if res.error is not None:
                 m.errors.append(res.error)
@@ -533,7 +534,9 @@ class Bench:
             if s.pid is not None:
                 m.add_extra("cpu_pct", (c1 - c0) / CLK_TCK / (t1 - t0) * 100)
                 if res.error is None and res.bps > 0:
-                    m.add_extra("cpu_s_per_gb", (c1 - c0) / CLK_TCK / (res.bps * SECONDS / 8e9))
+                    gb = res.bps * SECONDS / 8e9
+                    m.add_extra("cpu_s_per_gb", (c1 - c0) / CLK_TCK / gb)
+                    m.add_extra("cpu_user_s_per_gb", (u1 - u0) / CLK_TCK / gb)
             time.sleep(PAUSE_S)
 
     def run_rr(self, s: Serving, m: Measurement, mode: str, host: str, port: int) -> None:
@@ -544,13 +547,14 @@ class Bench:
         for _ in range(RUNS):
             if not self._check_alive(s, m):
                 break
-            c0, t0 = tool_cpu_ticks(s.pid), time.monotonic()
+            (u0, k0), t0 = tool_cpu_split(s.pid), time.monotonic()
             try:
                 res = s.topo.run(s.ns, argv, timeout=budget, env=python_env())
             except subprocess.TimeoutExpired:
                 m.errors.append(f"rr-client did not finish within {budget:g} s")
                 continue
-            c1, t1 = tool_cpu_ticks(s.pid), time.monotonic()
+            (u1, k1), t1 = tool_cpu_split(s.pid), time.monotonic()
+            c0, c1 = u0 + k0, u1 + k1
             try:
                 rr = RrResult.from_json(res.stdout)
             except ValueError as e:
@@ -566,6 +570,7 @@ class Bench:
             if s.pid is not None:
                 m.add_extra("cpu_pct", (c1 - c0) / CLK_TCK / (t1 - t0) * 100)
                 m.add_extra("cpu_us_per_tx", (c1 - c0) / CLK_TCK * 1e6 / rr.transactions)
+                m.add_extra("cpu_user_us_per_tx", (u1 - u0) / CLK_TCK * 1e6 / rr.transactions)
             time.sleep(PAUSE_S)
 
 

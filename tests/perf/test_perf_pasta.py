@@ -154,8 +154,11 @@ def test_result_set_report_and_charts(tmp_path: Path) -> None:
     rs = ResultSet({"kernel": "test"})
     rs.add(Measurement("direct", "tcp4_up", None, "Gbit/s", [10.0, 12.0, 8.0]))
     rs.add(Measurement("ours", "tcp4_up", 65520, "Gbit/s", [5.0, 6.0, 4.0], extras={"retr": [3, 1, 2],
-                                                                                  "cpu_s_per_gb": [1.5, 2.5]}))
-    rs.add(Measurement("ours", "udp_rr", 65520, "trans/s", [900.0], extras={"cpu_us_per_tx": [41.0]}))
+                                                                                  "cpu_s_per_gb": [1.5, 2.5],
+                                                                                  "cpu_user_s_per_gb": [0.5, 0.75]}))
+    rs.add(Measurement("ours", "udp_rr", 65520, "trans/s", [900.0], extras={"cpu_us_per_tx": [41.0],
+                                                                            "cpu_user_us_per_tx": [17.0]}))
+    rs.add(Measurement("c", "udp_rr", 65520, "trans/s", [800.0], extras={"cpu_us_per_tx": [30.0]}))
     rs.add(Measurement("c", "tcp4_up", 65520, "Gbit/s", status=NA, note="not installed"))
     bad = Measurement("slirp4netns", "tcp4_up", 65520, "Gbit/s", errors=["boom"])
     bad.finish()
@@ -168,5 +171,7 @@ def test_result_set_report_and_charts(tmp_path: Path) -> None:
     assert "5.00 (4.00-6.00) [50% of direct, retr 2, cpu s/GB 2.00]" in row
     assert "| n/a |" in row and "FAIL (boom)" in row
     cpu = md[md.index("| CPU of the tool"):].splitlines()
-    assert "| tcp4_up | 65520 | 2.00 s/GB |  |  |" in cpu and "| udp_rr | 65520 | 41 us/trans |  |  |" in cpu, cpu
+    # The user-space part in brackets where it was measured (an older results.json has none).
+    assert "| tcp4_up | 65520 | 2.00 s/GB (user 0.62) |  |  |" in cpu, cpu
+    assert "| udp_rr | 65520 | 41 us/trans (user 17) | 30 us/trans |  |" in cpu, cpu
     assert (tmp_path / "tcp4_up.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -41,9 +41,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """mypy --strict over src/ and harness/."""
+    """mypy --strict over src/, harness/, tools/ and tests/."""
     _install(session)
-    session.run("mypy", "--strict", "src/passt", "harness", "tools")
+    session.run("mypy", "--strict", "src/passt", "harness", "tools", "tests")
 
 
 @nox.session(python=PYTHON)

@@ -312,7 +312,11 @@ def test_pcap_shows_no_sack_timestamps_sctp_or_multicast_answers(topo: Topology,
     Everything is read from pasta's own capture (-p): what the namespace sent, and what pasta sent
     back.  wan listens for SCTP with raw sockets to show none leaves either.
     """
-    from scapy.all import ICMP, IP, TCP, Ether, ICMPv6MLReport2, IPv6, rdpcap
+    from scapy.layers.inet import ICMP, IP, TCP
+    from scapy.layers.inet6 import ICMPv6MLReport2, IPv6
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Packet
+    from scapy.utils import rdpcap
 
     from harness.netns.topology import HOST_IF, HOST_MAC
 
@@ -341,11 +345,11 @@ def test_pcap_shows_no_sack_timestamps_sctp_or_multicast_answers(topo: Topology,
     ours = [f for f in frames if f[Ether].src == HOST_MAC]
     theirs = [f for f in frames if f[Ether].src != HOST_MAC]
 
-    def opts(f: Ether) -> set[str]:
+    def opts(f: Packet) -> set[str]:
         return {o[0] for o in f[TCP].options}
 
-    def flags(f: Ether, want: str) -> bool:
-        return f.haslayer(TCP) and str(f[TCP].flags) == want
+    def flags(f: Packet, want: str) -> bool:
+        return bool(f.haslayer(TCP)) and str(f[TCP].flags) == want
 
     ns_syn = [f for f in theirs if flags(f, "S")]
     assert ns_syn and all({"SAckOK", "Timestamp"} <= opts(f) for f in ns_syn), [f.summary() for f in ns_syn]

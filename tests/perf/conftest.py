@@ -242,9 +242,10 @@ def measure_together(bench: Bench, ms: dict[str, Measurement], binary: str | Non
             m.status, m.note = NA, "not installed"
     else:
         bench.stop_served()
+        caught: tuple[type[BaseException], ...] = (TimeoutError, OSError, subprocess.SubprocessError, *errors)
         try:
             run()
-        except (TimeoutError, OSError, subprocess.SubprocessError, *errors) as e:
+        except caught as e:
             for m in ms.values():
                 if not m.values:
                     m.status, m.note = FAIL, str(e)[:2000]

@@ -587,9 +587,8 @@ def test_syn_destination_rule_per_address_class(dst: str, ok: bool) -> None:
 
 def test_tcp_and_udp_share_one_destination_rule() -> None:
     """TCP, UDP and ICMP call the same function, so the rule cannot drift apart."""
-    assert tcp_open.dst_forwardable is sockets.dst_forwardable
-    assert udp_mod.dst_forwardable is sockets.dst_forwardable
-    assert icmp_mod.dst_forwardable is sockets.dst_forwardable
+    for module in (tcp_open, udp_mod, icmp_mod):
+        assert vars(module)["dst_forwardable"] is sockets.dst_forwardable, module.__name__
 
 
 def test_fuzz_segments_into_live_flow_never_raise() -> None:

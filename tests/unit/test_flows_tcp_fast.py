@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from passt.flows import tcp as tcp_mod
-from passt.flows import tcp_decide, tcp_kernel, tcp_timers
+from passt.flows import tcp_decide, tcp_kernel, tcp_state, tcp_timers
 from tests.unit.tcp_fakes import (
     G4,
     LO4,
@@ -250,7 +250,11 @@ def test_guest_fin_after_acked_data_is_acked_without_tcp_info(monkeypatch: pytes
         assert the_conn(h).ack_off == the_conn(h).rcvd == 1
         calls: list[object] = []
         real = tcp_kernel.tcp_info
-        monkeypatch.setattr(tcp_mod, "tcp_info", lambda sock: calls.append(sock) or real(sock))
+        def spy(sock: socket.socket) -> bytes:
+            calls.append(sock)
+            return real(sock)
+
+        monkeypatch.setattr(tcp_mod, "tcp_info", spy)
         g.send("FA")
         g.snd_nxt += 1
         segs = []
@@ -315,10 +319,14 @@ def test_handshake_ack_needs_no_service(monkeypatch: pytest.MonkeyPatch) -> None
         g.on_synack(segs[0])
         calls: list[object] = []
         real = tcp_kernel.tcp_info
-        monkeypatch.setattr(tcp_mod, "tcp_info", lambda sock: calls.append(sock) or real(sock))
+        def spy(sock: socket.socket) -> bytes:
+            calls.append(sock)
+            return real(sock)
+
+        monkeypatch.setattr(tcp_mod, "tcp_info", spy)
         g.ack()
         conn = the_conn(h)
-        assert conn.state & tcp_decide.ESTABLISHED
+        assert conn.state & tcp_state.ESTABLISHED
         assert not conn.dirty and h._dirty == []
         ctx.loop.run_once(0)
         assert calls == [] and g.take() == []
@@ -374,7 +382,7 @@ def test_guest_syn_arms_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
         g = Guest(ctx, tap, h, 4, G4, 41002, LO4, srv.port)
         g.syn()
         conn = the_conn(h)
-        assert conn.state & tcp_decide.SYNACK_SENT
+        assert conn.state & tcp_state.SYNACK_SENT
         assert conn.timer is not None and conn.timer.deadline == conn.rto_deadline
         live = [t for _, _, t in ctx.loop._timers if not t.cancelled]
         assert [t for _, _, t in ctx.loop._timers if t.cancelled] == [] and conn.timer in live
@@ -382,7 +390,7 @@ def test_guest_syn_arms_one_timer(monkeypatch: pytest.MonkeyPatch) -> None:
         g2 = Guest(ctx, tap, h, 4, G4, 41003, LO4, srv.port)
         g2.syn()
         (slow,) = [c for c in h.flows.values() if c is not conn]
-        assert slow.state & tcp_decide.CONNECTING
+        assert slow.state & tcp_state.CONNECTING
         assert slow.timer is not None and slow.timer.deadline == slow.syn_deadline
     finally:
         h.close()

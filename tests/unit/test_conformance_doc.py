@@ -586,7 +586,9 @@ def test_recorder_writes_one_file_of_outcomes(tmp_path: Path, xdist: list[str]) 
 def test_recorder_off_without_the_option(tmp_path: Path) -> None:
     """A targeted run without --conformance-results writes nothing."""
     (tmp_path / "test_rec.py").write_text(PLUGIN_TESTS, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Only the plugin under test: others the interpreter has installed may write files of their
+    # own (pytest-benchmark makes .benchmarks/ in the working directory).
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.statements",
                     "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "test_rec.py", "-k", "pass"],
                    cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=True)

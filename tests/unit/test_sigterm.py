@@ -57,7 +57,7 @@ def test_sigterm_runs_fixture_teardown(tmp_path: Path, plugin: bool) -> None:
     argv = [sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)]
     if plugin:
         argv += ["-p", "tests.sigterm"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTEST_DISABLE_PLUGIN_AUTOLOAD="1")
     with subprocess.Popen(argv + [str(test_file)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True) as proc:
         try:

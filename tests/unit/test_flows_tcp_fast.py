@@ -228,6 +228,19 @@ def test_full_segment_acked_in_the_same_turn() -> None:
         srv.close()
 
 
+def _spy_tcp_info(monkeypatch: pytest.MonkeyPatch) -> list[socket.socket]:
+    """The sockets TcpHandler asks TCP_INFO of, from now on (the real call still runs)."""
+    calls: list[socket.socket] = []
+    real = tcp_kernel.tcp_info
+
+    def spy(sock: socket.socket) -> bytes:
+        calls.append(sock)
+        return real(sock)
+
+    monkeypatch.setattr(tcp_mod, "tcp_info", spy)
+    return calls
+
+
 def test_guest_fin_after_acked_data_is_acked_without_tcp_info(monkeypatch: pytest.MonkeyPatch) -> None:
     """Request, answer, guest FIN, peer closes (TCP_CRR's close): the guest's FIN is acknowledged
     by our FIN, in one frame, and no TCP_INFO call was needed after the answer."""
@@ -248,13 +261,7 @@ def test_guest_fin_after_acked_data_is_acked_without_tcp_info(monkeypatch: pytes
         assert pump(ctx, lambda: gather(g, segs) and any(s.payload for s in segs))
         g.absorb(segs)
         assert the_conn(h).ack_off == the_conn(h).rcvd == 1
-        calls: list[object] = []
-        real = tcp_kernel.tcp_info
-        def spy(sock: socket.socket) -> bytes:
-            calls.append(sock)
-            return real(sock)
-
-        monkeypatch.setattr(tcp_mod, "tcp_info", spy)
+        calls = _spy_tcp_info(monkeypatch)
         g.send("FA")
         g.snd_nxt += 1
         segs = []
@@ -317,13 +324,7 @@ def test_handshake_ack_needs_no_service(monkeypatch: pytest.MonkeyPatch) -> None
         segs = g.take()
         assert [s.flags for s in segs] == ["SA"]
         g.on_synack(segs[0])
-        calls: list[object] = []
-        real = tcp_kernel.tcp_info
-        def spy(sock: socket.socket) -> bytes:
-            calls.append(sock)
-            return real(sock)
-
-        monkeypatch.setattr(tcp_mod, "tcp_info", spy)
+        calls = _spy_tcp_info(monkeypatch)
         g.ack()
         conn = the_conn(h)
         assert conn.state & tcp_state.ESTABLISHED

@@ -20,7 +20,7 @@ import time
 import pytest
 
 @pytest.fixture
-def resource(tmp_path_factory):
+def resource():
     yield
     open({marker!r}, "w").write("torn down")
 
